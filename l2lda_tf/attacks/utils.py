@@ -1,0 +1,45 @@
+"""Pieces every attack shares: projecting onto the threat model, losses, input gradients."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def project(x_adv: tf.Tensor, x: tf.Tensor, epsilon) -> tf.Tensor:
+    """Projects onto the threat model: |x_adv − x|∞ ≤ ε and 0 ≤ x_adv ≤ 1."""
+    return tf.clip_by_value(tf.clip_by_value(x_adv, x - epsilon, x + epsilon), 0.0, 1.0)
+
+
+def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-example softmax cross-entropy of integer labels."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
+
+
+def margin(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """max_{j≠y} Z_j − Z_y per example: positive exactly when the example is misclassified."""
+    logits = tf.cast(logits, tf.float32)
+    true_mask = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1]) > 0.5
+    true_logit = tf.reduce_max(tf.where(true_mask, logits, -float("inf")), axis=-1)
+    other_logit = tf.reduce_max(tf.where(true_mask, -float("inf"), logits), axis=-1)
+    return other_logit - true_logit
+
+
+def loss_and_input_gradient(model, x: tf.Tensor, y: tf.Tensor, training: bool = False):
+    """Per-example CE of `model` at `x` and its gradient ∂CE/∂x, the model in inference mode.
+
+    The gradient is returned behind `tf.stop_gradient`: callers feed it to attackers as a
+    constant input, while the loss itself stays differentiable with respect to `x`.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=training)
+        loss = cross_entropy(y, logits)
+    return loss, logits, tf.stop_gradient(tape.gradient(loss, x))
+
+
+def normalize_gradient(gradient: tf.Tensor, stabilizer: float = 1e-15) -> tf.Tensor:
+    """∇̃: the gradient divided, per example and channel, by its Frobenius norm over (H, W)."""
+    norm = tf.sqrt(tf.reduce_sum(tf.square(gradient), axis=[1, 2], keepdims=True))
+    return gradient / (norm + stabilizer)

@@ -1,0 +1,60 @@
+"""Training checkpoints: everything needed to resume, written so a crash never loses a good one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Saves and restores a trainer's state (`Trainer.state()`) and the completed epoch count.
+
+    `tf.train.CheckpointManager` writes a new checkpoint's files before it updates the index
+    file atomically, so a run killed while saving leaves the previous checkpoint in force.
+    """
+
+    def __init__(self, trainer, directory: str | Path, max_to_keep: int = 2):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+        self.checkpoint = tf.train.Checkpoint(completed_epochs=self.epoch, **trainer.state())
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep)
+        self.step = trainer.optimizer.iterations
+
+    def restore(self) -> int:
+        """Restores the newest readable checkpoint and returns its completed epochs (0 if none).
+
+        An unreadable newest checkpoint (corrupt or truncated files) is reported and the next
+        older one is tried; if none can be read, this raises rather than start over.
+        """
+        for path in reversed(self.manager.checkpoints):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, ValueError, AssertionError) as err:
+                log.warning("checkpoint %s is unreadable (%s); trying an older one", path,
+                            str(err).splitlines()[0])
+                continue
+            return int(self.epoch.numpy())
+        if self.manager.checkpoints:
+            raise RuntimeError(
+                f"no readable checkpoint in {self.manager.directory} (tried "
+                f"{', '.join(self.manager.checkpoints)}); move the directory aside to start over")
+        return 0
+
+    def save(self, completed_epochs: int) -> str:
+        self.epoch.assign(completed_epochs)
+        return self.manager.save(checkpoint_number=self.step)
+
+
+class CheckpointEachEpoch(keras.callbacks.Callback):
+    """Saves a checkpoint at the end of every epoch."""
+
+    def __init__(self, checkpointer: Checkpointer):
+        super().__init__()
+        self.checkpointer = checkpointer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.checkpointer.save(epoch + 1)

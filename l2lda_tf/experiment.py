@@ -1,0 +1,120 @@
+"""One training run end to end: data, trainer, resumable fit, metrics and SavedModel export.
+
+Layout of a run directory:
+    config.json        the resolved TrainConfig (a rerun must ask for the same one)
+    checkpoints/       classifier, generator, both optimizers, RNG state and the step
+    logs/              TensorBoard: scalars per epoch, adversarial examples and noises
+    metrics.json       final clean and PGD-k accuracy on the eval split
+    export/classifier/1, export/generator/1   SavedModels for TF Serving
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from l2lda_tf.checkpoints import CheckpointEachEpoch, Checkpointer
+from l2lda_tf.config import TrainConfig
+from l2lda_tf.data import ImageDataset, eval_batches, load_dataset, training_batches
+from l2lda_tf.export import export_classifier, export_generator
+from l2lda_tf.monitoring import AdversarialImages
+from l2lda_tf.trainers import build_trainer
+
+log = logging.getLogger(__name__)
+EVAL_BATCH = 500
+
+
+def default_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over the GPUs when there are several, the default strategy otherwise."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file, so `path` is never half-written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(out_dir: Path, config: TrainConfig) -> None:
+    """Creates the run directory, or checks that an existing one was made by the same config."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.json"
+    if path.exists():
+        try:
+            saved = TrainConfig.from_json(path.read_text())
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path} is not a valid configuration ({err})") from err
+        changed = saved.differences(config)
+        if changed:
+            details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"{out_dir} holds a run with another configuration ({details}); "
+                             "rerun with the same settings to resume, or choose a new --out")
+    else:
+        write_atomically(path, config.to_json())
+
+
+def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None,
+          dataset: ImageDataset | None = None, strategy: tf.distribute.Strategy | None = None,
+          verbose: int | str = "auto", callbacks: list | None = None) -> dict:
+    """Trains (or resumes) the run in `out_dir`, exports it and returns the final metrics."""
+    out_dir = Path(out_dir)
+    dataset = dataset or load_dataset(config.dataset, data_dir)
+    prepare_run_dir(out_dir, config)
+    keras.utils.set_random_seed(config.seed)
+    steps_per_epoch = config.steps_per_epoch or len(dataset.train_labels) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {config.batch_size} exceeds the "
+                         f"{len(dataset.train_labels)} training images of {dataset.name}")
+    trainer = build_trainer(config, dataset.num_classes, dataset.image_shape, steps_per_epoch,
+                            strategy or default_strategy())
+    checkpointer = Checkpointer(trainer, out_dir / "checkpoints")
+    done = checkpointer.restore()
+    if done:
+        log.info("resuming %s from epoch %d (step %d)", out_dir, done,
+                 int(trainer.optimizer.iterations.numpy()))
+    eval_data = eval_batches(dataset.eval_images, dataset.eval_labels, EVAL_BATCH)
+    monitor = 16 if dataset.num_classes <= 16 else 32
+    callbacks = [
+        CheckpointEachEpoch(checkpointer),
+        keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False),
+        AdversarialImages(out_dir / "logs", dataset.eval_images[:monitor] / 255.0,
+                          dataset.eval_labels[:monitor], config.epsilon),
+        *(callbacks or []),
+    ]
+    for adversarial, end in ((False, trainer.clean_warmup_epochs), (True, config.epochs)):
+        if done >= end:
+            continue
+        trainer.set_adversarial(adversarial)
+        batches = training_batches(dataset.train_images, dataset.train_labels,
+                                   config.batch_size, config.seed, done, end)
+        trainer.fit(batches, epochs=end, initial_epoch=done, steps_per_epoch=steps_per_epoch,
+                    validation_data=eval_data, callbacks=callbacks, verbose=verbose,
+                    shuffle=False)
+        done = end
+
+    metrics = {k: float(v) for k, v in trainer.evaluate(eval_data, return_dict=True,
+                                                        verbose=0).items()}
+    metrics["steps"] = int(trainer.optimizer.iterations.numpy())
+    write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    export(trainer, dataset, out_dir / "export")
+    return metrics
+
+
+def export(trainer, dataset: ImageDataset, base: Path, version: int = 1) -> None:
+    """Exports the classifier (and the generator, for learned defenses) under `base`."""
+    config = trainer.config
+    export_classifier(trainer.classifier, dataset.image_shape, base / "classifier" / str(version))
+    generator = getattr(trainer, "generator", None)
+    if generator is not None:
+        export_generator(trainer.classifier, generator, dataset.image_shape,
+                         dataset.num_classes, config.epsilon, trainer.unroll_steps,
+                         trainer.alpha, base / "generator" / str(version))

@@ -1,0 +1,41 @@
+"""TensorBoard image summaries: adversarial examples and their noises at the end of each epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """Tiles [N, H, W, C] images row-major into one [1, rows·H, columns·W, C] image."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    padded = np.zeros((rows * columns, h, w, c), images.dtype)
+    padded[:n] = images
+    grid = padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(1, rows * h, columns * w, c)
+
+
+class AdversarialImages(keras.callbacks.Callback):
+    """Writes a grid of the trainer's adversarial examples and of their noises shown as
+    (δ/ε + 1)/2 (zero noise is mid-grey) for a fixed set of eval images, every epoch."""
+
+    def __init__(self, log_dir: str | Path, images: np.ndarray, labels: np.ndarray,
+                 epsilon: float, columns: int = 8):
+        super().__init__()
+        self.images = tf.convert_to_tensor(images, tf.float32)
+        self.labels = tf.convert_to_tensor(labels)
+        self.epsilon, self.columns = epsilon, columns
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        adversarial = self.model.adversarial_examples(self.images, self.labels)
+        noise = (adversarial - self.images) / self.epsilon
+        with self.writer.as_default(step=epoch + 1):
+            tf.summary.image("adversarial_examples",
+                             image_grid(adversarial.numpy(), self.columns))
+            tf.summary.image("noise", image_grid(((noise + 1) / 2).numpy(), self.columns))
+        self.writer.flush()

@@ -1,0 +1,85 @@
+"""Defenses as Keras models with custom `train_step`s, and the factory that builds them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from l2lda_tf.config import TrainConfig
+from l2lda_tf.models import NoiseGenerator, build_classifier
+from l2lda_tf.trainers.base import Trainer, global_batch
+from l2lda_tf.trainers.baselines import PGDTrainer, PlainTrainer
+from l2lda_tf.trainers.learned import L2LDATrainer, L2LTrainer
+
+TRAINERS: dict[str, type[Trainer]] = {
+    "plain": PlainTrainer, "pgd": PGDTrainer, "l2l": L2LTrainer, "l2lda": L2LDATrainer,
+}
+
+
+def sgd(config: TrainConfig, learning_rate: float, decay_at_step: int) -> keras.optimizers.SGD:
+    """SGD with momentum, weight decay and global-norm clipping; the rate drops by γ once.
+
+    Keras applies weight decay decoupled (w ← w − lr·wd·w), which for SGD equals the L2 term
+    of the reference implementation up to its interaction with momentum.
+    """
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [max(decay_at_step, 1)], [learning_rate, learning_rate * config.lr_decay]
+    )
+    return keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                weight_decay=config.weight_decay, global_clipnorm=config.clip_norm)
+
+
+def build_generator(config: TrainConfig, num_classes: int, image_shape: Sequence[int]):
+    """The attacker of a learned defense, with its weights created (None for other defenses)."""
+    if config.defense not in ("l2l", "l2lda"):
+        return None
+    l2l = config.defense == "l2l"
+    generator = NoiseGenerator(image_shape[-1], num_classes=None if l2l else num_classes,
+                               noise_dim=0 if l2l else config.noise_dim, name="generator")
+    features = tf.zeros([1, *image_shape[:-1], 3 * image_shape[-1]])
+    noise = None if l2l else tf.zeros([1, config.noise_dim])
+    generator(features, tf.zeros([1], tf.int32), noise)
+    return generator
+
+
+def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The clean warm-up in whole epochs (rounded up), so phases switch at epoch boundaries."""
+    if config.defense == "plain":
+        return 0
+    return math.ceil(config.clean_warmup_steps / steps_per_epoch)
+
+
+def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[int],
+                  steps_per_epoch: int, strategy: tf.distribute.Strategy | None = None,
+                  jit_compile: bool = False) -> Trainer:
+    """Builds the classifier (and generator), optimizers and trainer for `config` inside
+    `strategy.scope()`, with every variable created so a checkpoint can be restored into it."""
+    strategy = strategy or tf.distribute.get_strategy()
+    total_steps = config.epochs * steps_per_epoch
+    warmup = clean_warmup_epochs(config, steps_per_epoch)
+    with strategy.scope():
+        classifier = build_classifier(config.classifier, num_classes, image_shape)
+        generator = build_generator(config, num_classes, image_shape)
+        classifier_optimizer = sgd(config, config.f_lr, total_steps // 2)
+        cls = TRAINERS[config.defense]
+        if generator is None:
+            trainer = cls(classifier, config, steps_per_epoch, warmup, name=config.defense)
+            trainer.compile(optimizer=classifier_optimizer, jit_compile=jit_compile)
+        else:
+            generator_optimizer = sgd(config, config.g_lr,
+                                      total_steps // 2 - warmup * steps_per_epoch)
+            trainer = cls(classifier, generator, config, steps_per_epoch, warmup,
+                          name=config.defense)
+            trainer.compile(classifier_optimizer, generator_optimizer, jit_compile=jit_compile)
+            generator_optimizer.build(generator.trainable_variables)
+        classifier_optimizer.build(classifier.trainable_variables)
+    return trainer
+
+
+__all__ = [
+    "TRAINERS", "L2LDATrainer", "L2LTrainer", "PGDTrainer", "PlainTrainer", "Trainer",
+    "build_generator", "build_trainer", "clean_warmup_epochs", "global_batch", "sgd",
+]

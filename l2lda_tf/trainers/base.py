@@ -1,0 +1,93 @@
+"""The machinery every defense shares: the classifier update, ε warm-up, evaluation under PGD."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from l2lda_tf.attacks import cross_entropy, pgd
+from l2lda_tf.config import TrainConfig
+
+
+def global_batch(local_size) -> tf.Tensor:
+    """Examples in this step across all replicas: per-replica losses are sums over it."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return tf.cast(local_size * replicas, tf.float32)
+
+
+class Trainer(keras.Model):
+    """A defense as a Keras model: `fit` trains `classifier`, `evaluate` reports clean accuracy
+    and accuracy under PGD-k (k = `config.eval_pgd_steps`) at the full ε.
+
+    Subclasses define `train_step`. A trainer is built and run inside `strategy.scope()`; each
+    replica scales its loss by the global batch, so summed gradients are global means.
+    """
+
+    def __init__(self, classifier: keras.Model, config: TrainConfig, steps_per_epoch: int,
+                 clean_warmup_epochs: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.clean_warmup_epochs = clean_warmup_epochs
+        self.adversarial = True
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
+        self.adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
+        self.pgd_acc = keras.metrics.SparseCategoricalAccuracy(
+            name=f"pgd{config.eval_pgd_steps}_acc")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.clean_acc, self.adv_acc, self.pgd_acc]
+
+    def call(self, images, training=None):
+        return self.classifier(images, training=training)
+
+    def state(self) -> dict:
+        """Everything a checkpoint must hold to resume training exactly (the step is the
+        classifier optimizer's iteration count)."""
+        return {"classifier": self.classifier, "classifier_optimizer": self.optimizer}
+
+    def set_adversarial(self, adversarial: bool) -> None:
+        """Switches between clean warm-up and adversarial training (retraces `train_step`)."""
+        if adversarial != self.adversarial:
+            self.adversarial = adversarial
+            self.train_function = None
+
+    def epsilon_now(self) -> tf.Tensor:
+        """ε, ramped linearly from 0 over `epsilon_warmup_epochs` after any clean warm-up."""
+        ramp_steps = self.config.epsilon_warmup_epochs * self.steps_per_epoch
+        if ramp_steps == 0:
+            return tf.constant(self.config.epsilon, tf.float32)
+        done = self.optimizer.iterations - self.clean_warmup_epochs * self.steps_per_epoch + 1
+        share = tf.clip_by_value(tf.cast(done, tf.float32) / ramp_steps, 0.0, 1.0)
+        return self.config.epsilon * share
+
+    def update_classifier(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """One optimizer step on the mean CE of the classifier (training mode); returns logits."""
+        with tf.GradientTape() as tape:
+            logits = self.classifier(x, training=True)
+            losses = cross_entropy(y, logits)
+            loss = tf.reduce_sum(losses) / global_batch(tf.shape(x)[0])
+        variables = self.classifier.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.loss_tracker.update_state(losses)
+        return logits
+
+    def clean_step(self, data):
+        """Plain training and the clean warm-up: the classifier on clean images only."""
+        x, y = data
+        self.clean_acc.update_state(y, self.update_classifier(x, y))
+        return {m.name: m.result() for m in (self.loss_tracker, self.clean_acc)}
+
+    def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Adversarial images for monitoring (TensorBoard); PGD-k at the full ε by default."""
+        return pgd(self.classifier, x, y, self.config.epsilon, steps=self.config.eval_pgd_steps)
+
+    def test_step(self, data):
+        x, y = data
+        self.clean_acc.update_state(y, self.classifier(x, training=False))
+        x_adv = pgd(self.classifier, x, y, self.config.epsilon, steps=self.config.eval_pgd_steps)
+        self.pgd_acc.update_state(y, self.classifier(x_adv, training=False))
+        return {m.name: m.result() for m in (self.clean_acc, self.pgd_acc)}

@@ -1,0 +1,106 @@
+"""Defenses with a learned attacker: L2L-DA (Jang et al. 2019) and L2L (Chen et al.)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from l2lda_tf.attacks import unrolled_attack
+from l2lda_tf.config import TrainConfig
+from l2lda_tf.losses import pairwise_diversity
+from l2lda_tf.trainers.base import Trainer, global_batch
+
+
+class L2LDATrainer(Trainer):
+    """L2L-DA: a noise-conditioned recurrent generator and the classifier, trained in turn.
+
+    Each step (ALGORITHM.md, "One training step"): duplicate the batch with two independent z
+    per image; run the T-step unroll (generator training mode, classifier inference mode);
+    update φ on L_g = Σ_t [−CE(f(x_t), y) − λ·D_t]; then update θ once on the N clean plus
+    2N final adversarial images.
+    """
+
+    paired = True  # duplicate the batch so that D_t compares two z on the same image
+
+    def __init__(self, classifier, generator, config: TrainConfig, steps_per_epoch: int,
+                 clean_warmup_epochs: int = 0, **kwargs):
+        super().__init__(classifier, config, steps_per_epoch, clean_warmup_epochs, **kwargs)
+        self.generator = generator
+        self.rng = tf.random.Generator.from_seed(config.seed)
+        self.gen_ce = keras.metrics.Mean(name="gen_ce")
+        self.diversity = keras.metrics.Mean(name="diversity")
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.gen_ce, self.diversity]
+
+    @property
+    def unroll_steps(self) -> int:
+        return self.config.unroll_steps
+
+    @property
+    def alpha(self) -> float:
+        return self.config.alpha
+
+    def compile(self, optimizer, generator_optimizer, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.generator_optimizer = generator_optimizer
+
+    def state(self) -> dict:
+        return {**super().state(), "generator": self.generator,
+                "generator_optimizer": self.generator_optimizer, "rng": self.rng}
+
+    def sample_noise(self, count) -> tf.Tensor | None:
+        if not self.generator.noise_dim:
+            return None
+        return self.rng.normal([count, self.generator.noise_dim])
+
+    def attack(self, x, y, noise, epsilon, training=False):
+        return unrolled_attack(self.classifier, self.generator, x, y, noise, epsilon,
+                               steps=self.unroll_steps, alpha=self.alpha, training=training)
+
+    def train_step(self, data):
+        if not self.adversarial:
+            return self.clean_step(data)
+        x, y = data
+        x_g, y_g = (tf.concat([x, x], 0), tf.concat([y, y], 0)) if self.paired else (x, y)
+        noise = self.sample_noise(tf.shape(x_g)[0])
+        with tf.GradientTape() as tape:
+            unroll = self.attack(x_g, y_g, noise, self.epsilon_now(), training=True)
+            ce = tf.add_n(unroll.losses)  # Σ_t CE(f(x_t), y) per example
+            generator_loss = -tf.reduce_sum(ce) / global_batch(tf.shape(x_g)[0])
+            if self.paired:
+                diversity = tf.add_n([pairwise_diversity(x_t, noise) for x_t in unroll.images])
+                generator_loss -= (self.config.lam * tf.reduce_sum(diversity)
+                                   / global_batch(tf.shape(x)[0]))
+        variables = self.generator.trainable_variables
+        gradients = tape.gradient(generator_loss, variables)
+        self.generator_optimizer.apply_gradients(zip(gradients, variables))
+
+        x_adv = tf.stop_gradient(unroll.images[-1])
+        n = tf.shape(x)[0]
+        logits = self.update_classifier(tf.concat([x, x_adv], 0), tf.concat([y, y_g], 0))
+        self.clean_acc.update_state(y, logits[:n])
+        self.adv_acc.update_state(y_g, logits[n:])
+        self.gen_ce.update_state(ce / len(unroll.losses))
+        logged = [self.loss_tracker, self.clean_acc, self.adv_acc, self.gen_ce]
+        if self.paired:
+            self.diversity.update_state(diversity / len(unroll.images))
+            logged.append(self.diversity)
+        return {m.name: m.result() for m in logged}
+
+    def adversarial_examples(self, x, y):
+        """The generator's attack in inference mode with fresh noise (for monitoring)."""
+        noise = self.sample_noise(tf.shape(x)[0])
+        return self.attack(x, y, noise, self.config.epsilon).images[-1]
+
+
+class L2LTrainer(L2LDATrainer):
+    """L2L (Chen et al.): the same two-player scheme with no noise z, no diversity term and no
+    recursion — one step δ = ε·g(x ‖ 0 ‖ ∇̃) from the clean image's gradient. Its generator is
+    built with `noise_dim=0` and `num_classes=None` (it never sees the label).
+    """
+
+    paired = False
+    unroll_steps = 1
+    alpha = 1.0

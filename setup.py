@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="l2lda-tf",
+    version="0.1.0",
+    description="L2L-DA (ICCV 2019) in Keras/TensorFlow: adversarial defense via learning to "
+                "generate diverse attacks",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["l2lda_tf*", "training*", "serving*", "benchmarks*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.20,<2.22",
+        "keras>=3.10,<4",
+        "tensorboard>=2.20,<2.22",
+        "tensorflow-datasets>=4.9,<5",
+        "keras-tuner>=1.4.7,<2",
+        "scikit-learn>=1.3,<2",
+        "numpy>=1.26,<3",
+    ],
+    extras_require={
+        "dev": ["pytest>=8,<10", "ruff>=0.6,<1"],
+    },
+)
