@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for field, kind in OVERRIDES.items():
         flag = "--lambda" if field == "lam" else "--" + field.replace("_", "-")
         parser.add_argument(flag, dest=field, type=kind, help=f"overrides the preset's {field}")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="0 silent, 1 progress bar, 2 one line per epoch (as Keras)")
     return parser.parse_args(argv)
 
 
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
             per_epoch = min(args.steps, max(len(dataset.train_labels) // batch, 1))
             overrides.update(steps_per_epoch=per_epoch, epochs=math.ceil(args.steps / per_epoch))
         config = make_preset(args.dataset, args.defense, **overrides)
-        metrics = train(config, args.out, dataset=dataset, verbose=0 if args.quiet else "auto")
+        metrics = train(config, args.out, dataset=dataset, verbose=args.verbose)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ def pgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, steps: int = 10, step_size=N
     iterate (largest logit margin, so misclassified if any iterate was) is returned instead of the
     last one; adversarial training uses the last one (`keep_best=False`), as Madry et al. did.
     """
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = tf.cast(x, tf.float32)
     epsilon = tf.cast(epsilon, tf.float32)
     step_size = default_step_size(epsilon, steps) if step_size is None else step_size
     x_adv = x

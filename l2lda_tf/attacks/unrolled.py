@@ -27,7 +27,7 @@ def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, ep
     terms). `training` is the generator's mode; the classifier is always in inference mode.
     The last step's input gradient is never used, so it is not computed.
     """
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = tf.cast(x, tf.float32)
     epsilon = tf.cast(epsilon, tf.float32)
     delta = tf.zeros_like(x)
     _, _, gradient = loss_and_input_gradient(classifier, x, y)

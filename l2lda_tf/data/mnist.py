@@ -71,7 +71,11 @@ def load_mnist_tfds(data_dir: str | None = None) -> ImageDataset:
     """MNIST through tensorflow-datasets (downloads on first use into its data dir)."""
     import tensorflow_datasets as tfds
 
-    (train_x, train_y), (test_x, test_y) = tfds.as_numpy(tfds.load(
-        "mnist", split=["train", "test"], batch_size=-1, as_supervised=True, data_dir=data_dir))
-    return ImageDataset("mnist", train_x.astype(np.uint8), train_y.astype(np.int64),
-                        test_x.astype(np.uint8), test_y.astype(np.int64), 10)
+    def arrays(split):
+        batches = tfds.as_numpy(split.batch(10_000))
+        images, labels = zip(*batches)
+        return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int64)
+
+    train, test = tfds.load("mnist", split=["train", "test"], as_supervised=True,
+                            data_dir=data_dir)
+    return ImageDataset("mnist", *arrays(train), *arrays(test), num_classes=10)

@@ -1,4 +1,4 @@
-"""`tf.data` input pipelines: deterministic, resumable shuffled training batches and eval batches."""
+"""`tf.data` input pipelines: deterministic, resumable training batches and eval batches."""
 
 from __future__ import annotations
 
