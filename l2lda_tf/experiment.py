@@ -2,6 +2,7 @@
 
 Layout of a run directory:
     config.json        the resolved TrainConfig (a rerun must ask for the same one)
+    run.json           what the data fixed: classes, image shape, steps per epoch
     checkpoints/       classifier, generator, both optimizers, RNG state and the step
     logs/              TensorBoard: scalars per epoch, adversarial examples and noises
     metrics.json       final clean and PGD-k accuracy on the eval split
@@ -74,6 +75,9 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {config.batch_size} exceeds the "
                          f"{len(dataset.train_labels)} training images of {dataset.name}")
+    write_atomically(out_dir / "run.json", json.dumps({
+        "num_classes": dataset.num_classes, "image_shape": list(dataset.image_shape),
+        "steps_per_epoch": steps_per_epoch}, indent=2))
     trainer = build_trainer(config, dataset.num_classes, dataset.image_shape, steps_per_epoch,
                             strategy or default_strategy())
     checkpointer = Checkpointer(trainer, out_dir / "checkpoints")
@@ -107,6 +111,24 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     export(trainer, dataset, out_dir / "export")
     return metrics
+
+
+def load_run(run_dir: str | Path, strategy: tf.distribute.Strategy | None = None):
+    """Rebuilds a run's trainer (classifier, generator, optimizers) from its newest checkpoint.
+
+    For evaluation, export and tuning: `load_run(DIR).classifier` is the trained classifier.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "run.json"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir} is not a training run: {name} is missing")
+    config = TrainConfig.from_json((run_dir / "config.json").read_text())
+    shapes = json.loads((run_dir / "run.json").read_text())
+    trainer = build_trainer(config, shapes["num_classes"], tuple(shapes["image_shape"]),
+                            shapes["steps_per_epoch"], strategy)
+    if not Checkpointer(trainer, run_dir / "checkpoints").restore():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
+    return trainer
 
 
 def export(trainer, dataset: ImageDataset, base: Path, version: int = 1) -> None:

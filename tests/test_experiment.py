@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from l2lda_tf.config import preset
@@ -44,6 +45,24 @@ def test_run_directory_layout(tmp_path, tiny_dataset):
         assert (tmp_path / "export" / model / "1" / "saved_model.pb").exists()
     assert list((tmp_path / "logs" / "images").glob("events.out.tfevents.*"))
     assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_load_run_restores_the_trained_models(tmp_path, tiny_dataset):
+    from l2lda_tf.experiment import load_run
+
+    config = small_config("l2lda", epochs=1)
+    train(config, tmp_path, dataset=tiny_dataset, verbose=0)
+    trainer = load_run(tmp_path)
+    assert trainer.config == config and int(trainer.optimizer.iterations.numpy()) == 5
+    x = tiny_dataset.eval_images[:4] / 255.0
+    import tensorflow as tf
+
+    exported = tf.saved_model.load(str(tmp_path / "export" / "classifier" / "1"))
+    probabilities = exported.signatures["serving_default"](images=tf.constant(x, tf.float32))
+    np.testing.assert_allclose(probabilities["probabilities"].numpy(),
+                               tf.nn.softmax(trainer.classifier(x)).numpy(), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="not a training run"):
+        load_run(tmp_path / "export")
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_dataset):
