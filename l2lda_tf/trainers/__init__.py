@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from l2lda_tf.config import TrainConfig
 from l2lda_tf.models import NoiseGenerator, build_classifier
-from l2lda_tf.trainers.base import Trainer, global_batch
+from l2lda_tf.trainers.base import Trainer, apply_clipped, global_batch
 from l2lda_tf.trainers.baselines import PGDTrainer, PlainTrainer
 from l2lda_tf.trainers.learned import L2LDATrainer, L2LTrainer
 
@@ -20,16 +20,17 @@ TRAINERS: dict[str, type[Trainer]] = {
 
 
 def sgd(config: TrainConfig, learning_rate: float, decay_at_step: int) -> keras.optimizers.SGD:
-    """SGD with momentum, weight decay and global-norm clipping; the rate drops by γ once.
+    """SGD with momentum and weight decay; the rate drops by γ once, at `decay_at_step`.
 
     Keras applies weight decay decoupled (w ← w − lr·wd·w), which for SGD equals the L2 term
-    of the reference implementation up to its interaction with momentum.
+    of the reference implementation up to its interaction with momentum. Gradients are clipped
+    by the trainers (`apply_clipped`), not here: Keras would clip per replica.
     """
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         [max(decay_at_step, 1)], [learning_rate, learning_rate * config.lr_decay]
     )
     return keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                weight_decay=config.weight_decay, global_clipnorm=config.clip_norm)
+                                weight_decay=config.weight_decay)
 
 
 def build_generator(config: TrainConfig, num_classes: int, image_shape: Sequence[int]):
@@ -81,5 +82,6 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
 
 __all__ = [
     "TRAINERS", "L2LDATrainer", "L2LTrainer", "PGDTrainer", "PlainTrainer", "Trainer",
+    "apply_clipped",
     "build_generator", "build_trainer", "clean_warmup_epochs", "global_batch", "sgd",
 ]

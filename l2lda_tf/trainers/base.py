@@ -15,6 +15,26 @@ def global_batch(local_size) -> tf.Tensor:
     return tf.cast(local_size * replicas, tf.float32)
 
 
+def apply_clipped(optimizer, gradients, variables, clip_norm: float) -> None:
+    """One optimizer step on gradients clipped to global norm `clip_norm` across replicas.
+
+    Keras clips inside `apply_gradients` *before* it sums the replicas' gradients, which with
+    several replicas clips each partial gradient by its own norm. Here the clip factor comes
+    from the norm of the summed gradient, and each replica's share is scaled by it, so the sum
+    Keras then takes is the clipped global gradient.
+    """
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+        total = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, gradients)
+        norm = tf.linalg.global_norm(total)
+        factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
+        gradients = [g * factor for g in gradients]
+    else:
+        gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
+    optimizer.apply_gradients(zip(gradients, variables))
+
+
 class Trainer(keras.Model):
     """A defense as a Keras model: `fit` trains `classifier`, `evaluate` reports clean accuracy
     and accuracy under PGD-k (k = `config.eval_pgd_steps`) at the full ε.
@@ -71,7 +91,8 @@ class Trainer(keras.Model):
             losses = cross_entropy(y, logits)
             loss = tf.reduce_sum(losses) / global_batch(tf.shape(x)[0])
         variables = self.classifier.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        apply_clipped(self.optimizer, tape.gradient(loss, variables), variables,
+                      self.config.clip_norm)
         self.loss_tracker.update_state(losses)
         return logits
 
