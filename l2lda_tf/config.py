@@ -72,7 +72,7 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(
         dataset="digits", classifier="lenet5", epsilon=0.1, lam=0.02, g_lr=0.01, f_lr=0.01,
-        lr_decay=0.1, batch_size=50, epochs=40, epsilon_warmup_epochs=5,
+        lr_decay=0.1, batch_size=50, epochs=12, epsilon_warmup_epochs=5,
     ),
     "mnist": TrainConfig(
         dataset="mnist", classifier="lenet5", epsilon=0.3, lam=0.02, g_lr=0.01, f_lr=0.01,
