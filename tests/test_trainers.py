@@ -125,3 +125,34 @@ def test_evaluate_reports_clean_and_pgd_accuracy(tiny_dataset):
     metrics = trainer.evaluate(data, return_dict=True, verbose=0)
     assert set(metrics) == {"clean_acc", "pgd3_acc"}
     assert 0 <= metrics["pgd3_acc"] <= metrics["clean_acc"] + 1e-6
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_inside_the_threat_model(tiny_dataset, precision):
+    config = tiny_config("l2lda")
+    trainer = build_trainer(config, 3, tiny_dataset.image_shape, steps_per_epoch=5,
+                            precision=precision)
+    assert trainer.classifier.compute_dtype == precision.split("_")[1]
+    assert all(v.dtype == "float32" for v in trainer.classifier.trainable_variables)
+    seen = []
+    update = trainer.update_classifier
+    trainer.update_classifier = lambda x, y: seen.append(x.numpy()) or update(x, y)
+    x, y = first_batch(tiny_dataset)
+    before = [v.numpy().copy() for v in trainer.generator.trainable_variables]
+    logs = trainer.train_step((x, y))
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    adversarial = seen[0][8:]
+    clean = np.concatenate([x.numpy()] * 2)
+    assert np.abs(adversarial - clean).max() <= EPSILON + 1e-6
+    assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
+    assert any(not np.allclose(a, b.numpy())
+               for a, b in zip(before, trainer.generator.trainable_variables))
+    # the global policy is left as it was
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_unknown_precision(tiny_dataset):
+    with pytest.raises(ValueError, match="unknown precision 'float8'"):
+        build_trainer(tiny_config("plain"), 3, tiny_dataset.image_shape, 5, precision="float8")

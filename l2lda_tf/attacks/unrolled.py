@@ -34,7 +34,7 @@ def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, ep
     images, losses = [], []
     for t in range(steps):
         features = tf.concat([x, delta, normalize_gradient(gradient)], axis=-1)
-        step = generator(features, y, noise, training=training)
+        step = tf.cast(generator(features, y, noise, training=training), tf.float32)
         delta = tf.clip_by_value(delta + alpha * epsilon * step, -epsilon, epsilon)
         x_t = tf.clip_by_value(x + delta, 0.0, 1.0)
         if t + 1 < steps:

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from l2lda_tf.config import TrainConfig
 from l2lda_tf.models import NoiseGenerator, build_classifier
-from l2lda_tf.trainers.base import Trainer, apply_clipped, global_batch
+from l2lda_tf.trainers.base import Trainer, global_batch, minimize
 from l2lda_tf.trainers.baselines import PGDTrainer, PlainTrainer
 from l2lda_tf.trainers.learned import L2LDATrainer, L2LTrainer
 
@@ -19,18 +19,26 @@ TRAINERS: dict[str, type[Trainer]] = {
 }
 
 
-def sgd(config: TrainConfig, learning_rate: float, decay_at_step: int) -> keras.optimizers.SGD:
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def sgd(config: TrainConfig, learning_rate: float, decay_at_step: int,
+        precision: str = "float32") -> keras.optimizers.Optimizer:
     """SGD with momentum and weight decay; the rate drops by γ once, at `decay_at_step`.
 
     Keras applies weight decay decoupled (w ← w − lr·wd·w), which for SGD equals the L2 term
     of the reference implementation up to its interaction with momentum. Gradients are clipped
-    by the trainers (`apply_clipped`), not here: Keras would clip per replica.
+    by the trainers (`minimize`), not here: Keras would clip per replica. Under mixed_float16
+    the optimizer is wrapped in a LossScaleOptimizer.
     """
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         [max(decay_at_step, 1)], [learning_rate, learning_rate * config.lr_decay]
     )
-    return keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                     weight_decay=config.weight_decay)
+    if precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def build_generator(config: TrainConfig, num_classes: int, image_shape: Sequence[int]):
@@ -55,23 +63,35 @@ def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
 
 def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[int],
                   steps_per_epoch: int, strategy: tf.distribute.Strategy | None = None,
-                  jit_compile: bool = False) -> Trainer:
+                  jit_compile: bool = False, precision: str = "float32") -> Trainer:
     """Builds the classifier (and generator), optimizers and trainer for `config` inside
-    `strategy.scope()`, with every variable created so a checkpoint can be restored into it."""
+    `strategy.scope()`, with every variable created so a checkpoint can be restored into it.
+
+    `precision` is a Keras dtype policy for the models ("mixed_bfloat16" computes in bfloat16
+    with float32 variables); checkpoints are interchangeable between precisions.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     strategy = strategy or tf.distribute.get_strategy()
     total_steps = config.epochs * steps_per_epoch
     warmup = clean_warmup_epochs(config, steps_per_epoch)
+    previous_policy = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy(precision)
+        with strategy.scope():
+            classifier = build_classifier(config.classifier, num_classes, image_shape)
+            generator = build_generator(config, num_classes, image_shape)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     with strategy.scope():
-        classifier = build_classifier(config.classifier, num_classes, image_shape)
-        generator = build_generator(config, num_classes, image_shape)
-        classifier_optimizer = sgd(config, config.f_lr, total_steps // 2)
+        classifier_optimizer = sgd(config, config.f_lr, total_steps // 2, precision)
         cls = TRAINERS[config.defense]
         if generator is None:
             trainer = cls(classifier, config, steps_per_epoch, warmup, name=config.defense)
             trainer.compile(optimizer=classifier_optimizer, jit_compile=jit_compile)
         else:
             generator_optimizer = sgd(config, config.g_lr,
-                                      total_steps // 2 - warmup * steps_per_epoch)
+                                      total_steps // 2 - warmup * steps_per_epoch, precision)
             trainer = cls(classifier, generator, config, steps_per_epoch, warmup,
                           name=config.defense)
             trainer.compile(classifier_optimizer, generator_optimizer, jit_compile=jit_compile)
@@ -81,7 +101,7 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
 
 
 __all__ = [
-    "TRAINERS", "L2LDATrainer", "L2LTrainer", "PGDTrainer", "PlainTrainer", "Trainer",
-    "apply_clipped",
-    "build_generator", "build_trainer", "clean_warmup_epochs", "global_batch", "sgd",
+    "PRECISIONS", "TRAINERS", "L2LDATrainer", "L2LTrainer", "PGDTrainer", "PlainTrainer",
+    "Trainer", "build_generator", "build_trainer", "clean_warmup_epochs", "global_batch",
+    "minimize", "sgd",
 ]

@@ -15,24 +15,30 @@ def global_batch(local_size) -> tf.Tensor:
     return tf.cast(local_size * replicas, tf.float32)
 
 
-def apply_clipped(optimizer, gradients, variables, clip_norm: float) -> None:
-    """One optimizer step on gradients clipped to global norm `clip_norm` across replicas.
+def minimize(optimizer, tape: tf.GradientTape, loss: tf.Tensor, variables,
+             clip_norm: float) -> None:
+    """One optimizer step on ∂loss/∂variables, clipped to global norm `clip_norm`.
 
     Keras clips inside `apply_gradients` *before* it sums the replicas' gradients, which with
     several replicas clips each partial gradient by its own norm. Here the clip factor comes
-    from the norm of the summed gradient, and each replica's share is scaled by it, so the sum
-    Keras then takes is the clipped global gradient.
+    from the norm of the summed (and loss-unscaled) gradient and scales each replica's share, so
+    the sum Keras then takes is the clipped global gradient. Under mixed_float16 the optimizer
+    is a LossScaleOptimizer: the loss is scaled here and unscaled (and non-finite steps
+    skipped) by it.
     """
-    strategy = tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync > 1:
+    with tape:  # re-entered so that the loss scaling is recorded too
+        scaled_loss = optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, variables)
+    total = gradients
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
         total = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, gradients)
-        norm = tf.linalg.global_norm(total)
-        factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
-        gradients = [g * factor for g in gradients]
-    else:
-        gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
-    optimizer.apply_gradients(zip(gradients, variables))
+    scale = getattr(optimizer, "dynamic_scale", None)
+    norm = tf.linalg.global_norm(total)
+    if scale is not None:
+        norm = norm / tf.cast(scale, norm.dtype)
+    factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
+    optimizer.apply_gradients(zip([g * factor for g in gradients], variables))
 
 
 class Trainer(keras.Model):
@@ -90,9 +96,8 @@ class Trainer(keras.Model):
             logits = self.classifier(x, training=True)
             losses = cross_entropy(y, logits)
             loss = tf.reduce_sum(losses) / global_batch(tf.shape(x)[0])
-        variables = self.classifier.trainable_variables
-        apply_clipped(self.optimizer, tape.gradient(loss, variables), variables,
-                      self.config.clip_norm)
+        minimize(self.optimizer, tape, loss, self.classifier.trainable_variables,
+                 self.config.clip_norm)
         self.loss_tracker.update_state(losses)
         return logits
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from l2lda_tf.attacks import unrolled_attack
 from l2lda_tf.config import TrainConfig
 from l2lda_tf.losses import pairwise_diversity
-from l2lda_tf.trainers.base import Trainer, apply_clipped, global_batch
+from l2lda_tf.trainers.base import Trainer, global_batch, minimize
 
 
 class L2LDATrainer(Trainer):
@@ -73,9 +73,8 @@ class L2LDATrainer(Trainer):
                 diversity = tf.add_n([pairwise_diversity(x_t, noise) for x_t in unroll.images])
                 generator_loss -= (self.config.lam * tf.reduce_sum(diversity)
                                    / global_batch(tf.shape(x)[0]))
-        variables = self.generator.trainable_variables
-        apply_clipped(self.generator_optimizer, tape.gradient(generator_loss, variables),
-                      variables, self.config.clip_norm)
+        minimize(self.generator_optimizer, tape, generator_loss,
+                 self.generator.trainable_variables, self.config.clip_norm)
 
         x_adv = tf.stop_gradient(unroll.images[-1])
         n = tf.shape(x)[0]
