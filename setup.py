@@ -16,6 +16,9 @@ setup(
         "tensorflow-datasets>=4.9,<5",
         "keras-tuner>=1.4.7,<2",
         "scikit-learn>=1.3,<2",
+        "tensorflow-serving-api>=2.20,<2.22",
+        "grpcio>=1.60,<2",
+        "pillow>=10,<13",
         "numpy>=1.26,<3",
     ],
     extras_require={

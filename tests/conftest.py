@@ -16,6 +16,10 @@ MNIST_DIR = Path(os.environ.get("L2LDA_MNIST_DIR", SHARED_MNIST))
 @pytest.fixture
 def tiny_dataset() -> ImageDataset:
     """40 train / 16 eval random 12×12 grey images, 3 classes: shapes, not learning."""
+    return make_tiny_dataset()
+
+
+def make_tiny_dataset() -> ImageDataset:
     rng = np.random.default_rng(0)
 
     def split(n):
@@ -23,6 +27,20 @@ def tiny_dataset() -> ImageDataset:
                 rng.integers(0, 3, n).astype(np.int64))
 
     return ImageDataset("tiny", *split(40), *split(16), num_classes=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_l2lda_run(tmp_path_factory) -> Path:
+    """A trained L2L-DA run on the tiny data (one short epoch), made once for all tests that
+    load, export or serve a run."""
+    from l2lda_tf.config import preset
+    from l2lda_tf.experiment import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_l2lda_run")
+    config = preset("digits", "l2lda", batch_size=8, epochs=1, unroll_steps=2,
+                    eval_pgd_steps=2, epsilon_warmup_epochs=0)
+    train(config, run_dir, dataset=make_tiny_dataset(), verbose=0)
+    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -86,3 +86,27 @@ def test_reexport_replaces_the_previous_version_whole(exported, tmp_path):
     export_classifier(trainer.classifier, SHAPE, path)
     assert (path / "saved_model.pb").exists()
     assert sorted(p.name for p in path.parent.iterdir()) == ["1"]  # no staging leftovers
+
+
+def test_exports_load_in_a_session_as_tf_serving_loads_them(exported):
+    """tensorflow_model_server restores variables through the graph's saver, not tf.function
+    captures; both models must run that way too."""
+    trainer, base = exported
+    x = images().numpy()
+    expected = tf.nn.softmax(trainer.classifier(x, training=False)).numpy()
+    for name, feeds in [("classifier", {"images": x}),
+                        ("generator", {"images": x, "labels": np.array([0, 1, 2, 0]),
+                                       "seed": np.array([1, 2, 3, 4])})]:
+        with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+            meta = tf.compat.v1.saved_model.load(session, ["serve"], str(base / name / "1"))
+            signature = meta.signature_def["serving_default"]
+            outputs = session.run(
+                {k: v.name for k, v in signature.outputs.items()},
+                {signature.inputs[k].name: value for k, value in feeds.items()})
+        if name == "classifier":
+            np.testing.assert_allclose(outputs["probabilities"], expected, rtol=1e-5, atol=1e-6)
+        else:
+            serve = tf.saved_model.load(str(base / name / "1")).signatures["serving_default"]
+            eager = serve(**{k: tf.constant(v) for k, v in feeds.items()})
+            np.testing.assert_allclose(outputs["adversarial_images"],
+                                       eager["adversarial_images"].numpy(), atol=1e-6)
