@@ -18,7 +18,7 @@ setup(
         "scikit-learn>=1.3,<2",
         "tensorflow-serving-api>=2.20,<2.22",
         "grpcio>=1.60,<2",
-        "pillow>=10,<13",
+        "pillow>=10,<14",
         "numpy>=1.26,<3",
     ],
     extras_require={
