@@ -14,6 +14,7 @@ setup(
         "keras>=3.10,<4",
         "tensorboard>=2.20,<2.22",
         "tensorflow-datasets>=4.9,<5",
+        "importlib_resources>=6,<7",
         "keras-tuner>=1.4.7,<2",
         "scikit-learn>=1.3,<2",
         "tensorflow-serving-api>=2.20,<2.22",

@@ -22,7 +22,13 @@ import tensorflow as tf
 
 from l2lda_tf.checkpoints import CheckpointEachEpoch, Checkpointer
 from l2lda_tf.config import TrainConfig
-from l2lda_tf.data import ImageDataset, eval_batches, load_dataset, training_batches
+from l2lda_tf.data import (
+    ImageDataset,
+    eval_batches,
+    is_augmented,
+    load_dataset,
+    training_batches,
+)
 from l2lda_tf.export import export_classifier, export_generator
 from l2lda_tf.monitoring import AdversarialImages
 from l2lda_tf.trainers import build_trainer
@@ -65,19 +71,28 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig) -> None:
 
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None,
           dataset: ImageDataset | None = None, strategy: tf.distribute.Strategy | None = None,
-          verbose: int | str = "auto", callbacks: list | None = None) -> dict:
-    """Trains (or resumes) the run in `out_dir`, exports it and returns the final metrics."""
+          verbose: int | str = "auto", callbacks: list | None = None,
+          init_from: str | Path | None = None) -> dict:
+    """Trains (or resumes) the run in `out_dir`, exports it and returns the final metrics.
+
+    `init_from`: a run directory whose classifier weights (e.g. clean pre-training with
+    defense "plain") start a new run; a resumed run continues from its own checkpoint.
+    """
     out_dir = Path(out_dir)
     dataset = dataset or load_dataset(config.dataset, data_dir)
+    if init_from:
+        check_init_source(init_from, config, dataset)
     prepare_run_dir(out_dir, config)
     keras.utils.set_random_seed(config.seed)
     steps_per_epoch = config.steps_per_epoch or len(dataset.train_labels) // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {config.batch_size} exceeds the "
                          f"{len(dataset.train_labels)} training images of {dataset.name}")
-    write_atomically(out_dir / "run.json", json.dumps({
-        "num_classes": dataset.num_classes, "image_shape": list(dataset.image_shape),
-        "steps_per_epoch": steps_per_epoch}, indent=2))
+    run_info = {"num_classes": dataset.num_classes, "image_shape": list(dataset.image_shape),
+                "steps_per_epoch": steps_per_epoch}
+    if init_from:
+        run_info["init_from"] = str(Path(init_from).resolve())
+    write_atomically(out_dir / "run.json", json.dumps(run_info, indent=2))
     trainer = build_trainer(config, dataset.num_classes, dataset.image_shape, steps_per_epoch,
                             strategy or default_strategy())
     checkpointer = Checkpointer(trainer, out_dir / "checkpoints")
@@ -85,6 +100,9 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     if done:
         log.info("resuming %s from epoch %d (step %d)", out_dir, done,
                  int(trainer.optimizer.iterations.numpy()))
+    elif init_from:
+        init_classifier(trainer, init_from)
+        log.info("classifier initialized from %s", init_from)
     eval_data = eval_batches(dataset.eval_images, dataset.eval_labels, EVAL_BATCH)
     monitor = 16 if dataset.num_classes <= 16 else 32
     callbacks = [
@@ -99,7 +117,8 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             continue
         trainer.set_adversarial(adversarial)
         batches = training_batches(dataset.train_images, dataset.train_labels,
-                                   config.batch_size, config.seed, done, end)
+                                   config.batch_size, config.seed, done, end,
+                                   augmented=is_augmented(dataset.name))
         trainer.fit(batches, epochs=end, initial_epoch=done, steps_per_epoch=steps_per_epoch,
                     validation_data=eval_data, callbacks=callbacks, verbose=verbose,
                     shuffle=False)
@@ -129,6 +148,30 @@ def load_run(run_dir: str | Path, strategy: tf.distribute.Strategy | None = None
     if not Checkpointer(trainer, run_dir / "checkpoints").restore():
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
     return trainer
+
+
+def check_init_source(run_dir: str | Path, config: TrainConfig, dataset: ImageDataset) -> None:
+    """Raises unless `run_dir` is a run whose classifier fits this one (architecture, classes,
+    image shape), before anything is written."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "run.json"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"--init-from {run_dir} is not a training run: "
+                                    f"{name} is missing")
+    source = TrainConfig.from_json((run_dir / "config.json").read_text())
+    shapes = json.loads((run_dir / "run.json").read_text())
+    theirs = (source.classifier, shapes["num_classes"], tuple(shapes["image_shape"]))
+    ours = (config.classifier, dataset.num_classes, dataset.image_shape)
+    if theirs != ours:
+        raise ValueError(f"--init-from {run_dir}: its classifier is {theirs[0]} for "
+                         f"{theirs[1]} classes of {theirs[2]} images; this run needs "
+                         f"{ours[0]} for {ours[1]} classes of {ours[2]} images")
+
+
+def init_classifier(trainer, run_dir: str | Path) -> None:
+    """Copies the classifier weights (batch-norm statistics included) of the run in `run_dir`
+    into `trainer.classifier`; optimizer state and step count start afresh."""
+    trainer.classifier.set_weights(load_run(run_dir).classifier.get_weights())
 
 
 def export(trainer, dataset: ImageDataset, base: Path, version: int = 1) -> None:

@@ -29,7 +29,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="digits", choices=DATASETS)
     parser.add_argument("--defense", default="l2lda", choices=DEFENSES)
     parser.add_argument("--out", required=True, help="run directory (created, or resumed)")
-    parser.add_argument("--data-dir", help="local dataset files (mnist: official IDX .gz files)")
+    parser.add_argument("--data-dir", help="local dataset files instead of tensorflow-datasets "
+                        "(mnist: the official IDX .gz files; cifar10: cifar-10-python.tar.gz or "
+                        "cifar-10-batches-py/; tiny_imagenet: tiny-imagenet-200.zip or the "
+                        "extracted tiny-imagenet-200/)")
+    parser.add_argument("--init-from", metavar="RUN_DIR", help="start from the classifier of "
+                        "this run (e.g. a --defense plain pre-training) instead of from scratch")
     parser.add_argument("--steps", type=int, help="total training steps instead of --epochs")
     for field, kind in OVERRIDES.items():
         flag = "--lambda" if field == "lam" else "--" + field.replace("_", "-")
@@ -52,7 +57,8 @@ def main(argv=None) -> int:
             per_epoch = min(args.steps, max(len(dataset.train_labels) // batch, 1))
             overrides.update(steps_per_epoch=per_epoch, epochs=math.ceil(args.steps / per_epoch))
         config = make_preset(args.dataset, args.defense, **overrides)
-        metrics = train(config, args.out, dataset=dataset, verbose=args.verbose)
+        metrics = train(config, args.out, dataset=dataset, verbose=args.verbose,
+                        init_from=args.init_from)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

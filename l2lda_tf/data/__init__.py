@@ -4,24 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from l2lda_tf.data.cifar10 import load_cifar10_local, load_cifar10_tfds, read_cifar_batch
 from l2lda_tf.data.dataset import ImageDataset
 from l2lda_tf.data.digits import load_digits
 from l2lda_tf.data.mnist import load_mnist_idx, load_mnist_tfds, read_idx
-from l2lda_tf.data.pipeline import eval_batches, training_batches
+from l2lda_tf.data.pipeline import augment, eval_batches, training_batches
+from l2lda_tf.data.tiny_imagenet import (
+    load_tiny_imagenet,
+    load_tiny_imagenet_folder,
+    load_tiny_imagenet_tfds,
+)
 
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "mnist", "cifar10", "tiny_imagenet")
+# Natural images train with random 4-pixel-padded crops and horizontal flips; digits do not
+# (a flipped or shifted digit can be another digit).
+AUGMENTED = ("cifar10", "tiny_imagenet")
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
-    """Loads dataset `name`; `data_dir` holds local files where the dataset supports them."""
+    """Loads dataset `name`; `data_dir` holds local files where the dataset supports them,
+    otherwise tensorflow-datasets provides it."""
     if name == "digits":
         return load_digits()
     if name == "mnist":
         return load_mnist_idx(data_dir) if data_dir else load_mnist_tfds()
+    if name == "cifar10":
+        return load_cifar10_local(data_dir) if data_dir else load_cifar10_tfds()
+    if name == "tiny_imagenet":
+        return load_tiny_imagenet(data_dir)
     raise ValueError(f"unknown dataset {name!r}; known datasets: {list(DATASETS)}")
 
 
+def is_augmented(name: str) -> bool:
+    """Whether training batches of dataset `name` get random crops and flips."""
+    return name in AUGMENTED
+
+
 __all__ = [
-    "DATASETS", "ImageDataset", "eval_batches", "load_dataset", "load_digits",
-    "load_mnist_idx", "load_mnist_tfds", "read_idx", "training_batches",
+    "AUGMENTED", "DATASETS", "ImageDataset", "augment", "eval_batches", "is_augmented",
+    "load_cifar10_local", "load_cifar10_tfds", "load_dataset", "load_digits", "load_mnist_idx",
+    "load_mnist_tfds", "load_tiny_imagenet", "load_tiny_imagenet_folder",
+    "load_tiny_imagenet_tfds", "read_cifar_batch", "read_idx", "training_batches",
 ]
