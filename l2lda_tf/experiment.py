@@ -37,10 +37,21 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 500
 
 
-def default_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over the GPUs when there are several, the default strategy otherwise."""
+STRATEGIES = ("auto", "mirrored", "one_device")
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """`auto`: MirroredStrategy over the GPUs when there are several, the default strategy
+    otherwise; `mirrored`: MirroredStrategy over all local devices; `one_device`: the first GPU,
+    or the CPU."""
     gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -72,8 +83,12 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig) -> None:
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None,
           dataset: ImageDataset | None = None, strategy: tf.distribute.Strategy | None = None,
           verbose: int | str = "auto", callbacks: list | None = None,
-          init_from: str | Path | None = None) -> dict:
+          init_from: str | Path | None = None, jit_compile: bool = False,
+          precision: str = "float32") -> dict:
     """Trains (or resumes) the run in `out_dir`, exports it and returns the final metrics.
+
+    `strategy` defaults to `make_strategy("auto")`; `jit_compile` and `precision` (a Keras
+    dtype policy) change speed, not the method, so a run may resume with other values.
 
     `init_from`: a run directory whose classifier weights (e.g. clean pre-training with
     defense "plain") start a new run; a resumed run continues from its own checkpoint.
@@ -94,7 +109,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
         run_info["init_from"] = str(Path(init_from).resolve())
     write_atomically(out_dir / "run.json", json.dumps(run_info, indent=2))
     trainer = build_trainer(config, dataset.num_classes, dataset.image_shape, steps_per_epoch,
-                            strategy or default_strategy())
+                            strategy or make_strategy(), jit_compile, precision)
     checkpointer = Checkpointer(trainer, out_dir / "checkpoints")
     done = checkpointer.restore()
     if done:

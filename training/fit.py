@@ -14,7 +14,8 @@ import sys
 from l2lda_tf.config import DEFENSES
 from l2lda_tf.config import preset as make_preset
 from l2lda_tf.data import DATASETS, load_dataset
-from l2lda_tf.experiment import train
+from l2lda_tf.experiment import STRATEGIES, make_strategy, train
+from l2lda_tf.trainers import PRECISIONS
 
 # flag → TrainConfig field, for the flags that override a preset value one to one
 OVERRIDES = {
@@ -39,6 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     for field, kind in OVERRIDES.items():
         flag = "--lambda" if field == "lam" else "--" + field.replace("_", "-")
         parser.add_argument(flag, dest=field, type=kind, help=f"overrides the preset's {field}")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help="tf.distribute strategy (auto: mirrored when several GPUs)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="Keras dtype policy; mixed_bfloat16 halves memory and is faster "
+                        "on CPUs with AVX512-BF16 and on recent accelerators")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="compile train steps with XLA (slower on CPUs, try it on GPUs)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bar, 2 one line per epoch (as Keras)")
     return parser.parse_args(argv)
@@ -58,7 +66,8 @@ def main(argv=None) -> int:
             overrides.update(steps_per_epoch=per_epoch, epochs=math.ceil(args.steps / per_epoch))
         config = make_preset(args.dataset, args.defense, **overrides)
         metrics = train(config, args.out, dataset=dataset, verbose=args.verbose,
-                        init_from=args.init_from)
+                        init_from=args.init_from, strategy=make_strategy(args.strategy),
+                        jit_compile=args.jit_compile, precision=args.precision)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
