@@ -84,11 +84,12 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
           dataset: ImageDataset | None = None, strategy: tf.distribute.Strategy | None = None,
           verbose: int | str = "auto", callbacks: list | None = None,
           init_from: str | Path | None = None, jit_compile: bool = False,
-          precision: str = "float32") -> dict:
+          precision: str = "float32", export_models: bool = True) -> dict:
     """Trains (or resumes) the run in `out_dir`, exports it and returns the final metrics.
 
     `strategy` defaults to `make_strategy("auto")`; `jit_compile` and `precision` (a Keras
     dtype policy) change speed, not the method, so a run may resume with other values.
+    `export_models=False` skips the SavedModel export (tuning trials need only the metrics).
 
     `init_from`: a run directory whose classifier weights (e.g. clean pre-training with
     defense "plain") start a new run; a resumed run continues from its own checkpoint.
@@ -143,7 +144,8 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
                                                         verbose=0).items()}
     metrics["steps"] = int(trainer.optimizer.iterations.numpy())
     write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-    export(trainer, dataset, out_dir / "export")
+    if export_models:
+        export(trainer, dataset, out_dir / "export")
     return metrics
 
 

@@ -138,3 +138,10 @@ def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"from epoch {saved_step // 89} (step {saved_step})" in resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["steps"] == 12 * 89
+
+
+def test_export_can_be_skipped(tmp_path, tiny_dataset):
+    metrics = train(small_config(epochs=1), tmp_path, dataset=tiny_dataset, verbose=0,
+                    export_models=False)
+    assert metrics["steps"] == 5 and (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "export").exists()

@@ -84,7 +84,8 @@ class DefenseTuner(kt.Tuner):
         run_dir = self.run_dir(trial.trial_id)
         self.warm_start(values, run_dir)
         keras.backend.clear_session()
-        metrics = train(config, run_dir, dataset=self.validation, verbose=self.train_verbose)
+        metrics = train(config, run_dir, dataset=self.validation, verbose=self.train_verbose,
+                        export_models=False)
         clean, pgd = metrics["clean_acc"], metrics[self.pgd_key]
         results = {OBJECTIVE: objective_value(pgd, clean, len(self.validation.eval_labels)),
                    "clean_acc": clean, self.pgd_key: pgd}
