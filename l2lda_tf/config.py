@@ -34,7 +34,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     clip_norm: float = 1.0
-    clean_warmup_steps: int = 0  # clean-only classifier steps first, rounded up to epochs
+    clean_warmup_steps: int = 0  # clean-only classifier steps first, rounded up to whole epochs
     epsilon_warmup_epochs: int = 0  # ε grows linearly from 0 over these epochs
     clean_share: float = 0.0  # PGD training: share of each batch left clean
     pgd_steps: int = 10  # k of PGD-k adversarial training
@@ -77,12 +77,12 @@ PRESETS: dict[str, TrainConfig] = {
     "mnist": TrainConfig(
         dataset="mnist", classifier="lenet5", epsilon=0.3, lam=0.02, g_lr=0.01, f_lr=0.01,
         lr_decay=0.1, batch_size=100, epochs=60, clean_warmup_steps=1000,
-        epsilon_warmup_epochs=10,
     ),
     "cifar10": TrainConfig(
         dataset="cifar10", classifier="resnet20", epsilon=8 / 255, lam=0.5, g_lr=0.01,
         f_lr=0.01, lr_decay=0.1, batch_size=128, epochs=100,
     ),
+    # The paper's 60 images per GPU; `batch_size` is the global batch, split over replicas.
     "tiny_imagenet": TrainConfig(
         dataset="tiny_imagenet", classifier="resnet18", epsilon=8 / 255, lam=0.3, g_lr=0.025,
         f_lr=0.005, lr_decay=0.3, batch_size=60, epochs=60,
@@ -94,10 +94,19 @@ PRESETS: dict[str, TrainConfig] = {
 # some clean examples in each batch (the L2L defenses always train on clean + adversarial).
 DEFENSE_OVERRIDES: dict[tuple[str, str], dict] = {
     ("digits", "pgd"): {"clean_share": 0.5},
-    ("mnist", "pgd"): {"clean_share": 0.5},
+    ("mnist", "pgd"): {"clean_share": 0.5, "epsilon_warmup_epochs": 10},
     ("digits", "plain"): {"epsilon_warmup_epochs": 0},
-    ("mnist", "plain"): {"epsilon_warmup_epochs": 0, "clean_warmup_steps": 0},
+    ("mnist", "plain"): {"clean_warmup_steps": 0},
 }
+
+
+def step_budget(total_steps: int, train_size: int, batch_size: int) -> dict[str, int]:
+    """The `steps_per_epoch` and `epochs` overrides that train `total_steps` steps: whole passes
+    over `train_size` images where they fit, one short epoch otherwise (rounded up to epochs)."""
+    if total_steps < 1:
+        raise ValueError(f"--steps must be positive, got {total_steps}")
+    per_epoch = min(total_steps, max(train_size // batch_size, 1))
+    return {"steps_per_epoch": per_epoch, "epochs": -(-total_steps // per_epoch)}
 
 
 def preset(dataset: str, defense: str = "l2lda", **overrides) -> TrainConfig:

@@ -35,6 +35,7 @@ from l2lda_tf.trainers import build_trainer
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 500
+DATA_FIELDS = ("num_classes", "image_shape", "steps_per_epoch")  # run.json: fixed by the data
 
 
 STRATEGIES = ("auto", "mirrored", "one_device")
@@ -62,22 +63,30 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_run_dir(out_dir: Path, config: TrainConfig) -> None:
-    """Creates the run directory, or checks that an existing one was made by the same config."""
+def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict) -> None:
+    """Creates the run directory, or checks that an existing one was made by the same config
+    on data of the same shape (classes, image shape, steps per epoch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "config.json"
-    if path.exists():
+    config_path, info_path = out_dir / "config.json", out_dir / "run.json"
+    if config_path.exists():
         try:
-            saved = TrainConfig.from_json(path.read_text())
+            saved = TrainConfig.from_json(config_path.read_text())
         except (ValueError, TypeError) as err:
-            raise ValueError(f"{path} is not a valid configuration ({err})") from err
+            raise ValueError(f"{config_path} is not a valid configuration ({err})") from err
         changed = saved.differences(config)
+        if info_path.exists():
+            saved_info = json.loads(info_path.read_text())
+            changed.update({k: (saved_info.get(k), run_info[k]) for k in DATA_FIELDS
+                            if saved_info.get(k) != run_info[k]})
         if changed:
             details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
             raise ValueError(f"{out_dir} holds a run with another configuration ({details}); "
-                             "rerun with the same settings to resume, or choose a new --out")
+                             "rerun with the same settings and data to resume, or choose a "
+                             "new --out")
     else:
-        write_atomically(path, config.to_json())
+        write_atomically(config_path, config.to_json())
+    if not info_path.exists():
+        write_atomically(info_path, json.dumps(run_info, indent=2))
 
 
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None,
@@ -98,17 +107,17 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     dataset = dataset or load_dataset(config.dataset, data_dir)
     if init_from:
         check_init_source(init_from, config, dataset)
-    prepare_run_dir(out_dir, config)
-    keras.utils.set_random_seed(config.seed)
-    steps_per_epoch = config.steps_per_epoch or len(dataset.train_labels) // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch size {config.batch_size} exceeds the "
-                         f"{len(dataset.train_labels)} training images of {dataset.name}")
+    n_train = len(dataset.train_labels)
+    if config.batch_size > n_train:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {n_train} training "
+                         f"images of {dataset.name}")
+    steps_per_epoch = config.steps_per_epoch or n_train // config.batch_size
     run_info = {"num_classes": dataset.num_classes, "image_shape": list(dataset.image_shape),
                 "steps_per_epoch": steps_per_epoch}
     if init_from:
         run_info["init_from"] = str(Path(init_from).resolve())
-    write_atomically(out_dir / "run.json", json.dumps(run_info, indent=2))
+    prepare_run_dir(out_dir, config, run_info)
+    keras.utils.set_random_seed(config.seed)
     trainer = build_trainer(config, dataset.num_classes, dataset.image_shape, steps_per_epoch,
                             strategy or make_strategy(), jit_compile, precision)
     checkpointer = Checkpointer(trainer, out_dir / "checkpoints")

@@ -288,7 +288,11 @@ def main(argv: list[str] | None = None) -> None:
             for name, label, p in zip(names, classes, probabilities):
                 print(f"{name}: class {int(label)} (probability {p[label]:.3f})")
             return
-        labels = np.resize(np.asarray(args.labels, np.int64), len(images))
+        labels = np.asarray(args.labels, np.int64)
+        if len(labels) not in (1, len(images)):
+            raise ValueError(f"give one label, or one per image ({len(images)}); "
+                             f"got {len(labels)}")
+        labels = np.broadcast_to(labels, (len(images),))
         seeds = args.seed + np.arange(len(images))
         adversarial = client.attack(images, labels, seeds, args.model, args.version)
         out = Path(args.out)

@@ -131,6 +131,8 @@ class RestHandler(BaseHTTPRequestHandler):
         pass  # per-request lines would drown the server's own log
 
     def do_GET(self):  # noqa: N802 - http.server's naming
+        if self.headers.get("Content-Length", "0") != "0" or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # an unread body must not be taken for a request
         self._handle("GET")
 
     def do_POST(self):  # noqa: N802

@@ -39,8 +39,12 @@ class ModelServer:
         self.host, self.poll_seconds = host, poll_seconds
         self._rest = RestServer((host, rest_port), self.registry, max_request_bytes)
         self.rest_port = self._rest.server_address[1]
-        self._grpc, self.grpc_port = grpc_server(self.registry, f"{host}:{grpc_port}",
-                                                 max_request_bytes)
+        try:
+            self._grpc, self.grpc_port = grpc_server(self.registry, f"{host}:{grpc_port}",
+                                                     max_request_bytes)
+        except Exception:
+            self._rest.server_close()  # do not leave the REST port bound
+            raise
         self._rest_thread: threading.Thread | None = None
 
     def start(self) -> ModelServer:

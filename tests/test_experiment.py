@@ -145,3 +145,18 @@ def test_export_can_be_skipped(tmp_path, tiny_dataset):
                     export_models=False)
     assert metrics["steps"] == 5 and (tmp_path / "metrics.json").exists()
     assert not (tmp_path / "export").exists()
+
+
+def test_rerun_on_other_data_is_refused_and_bad_batch_writes_nothing(tmp_path, tiny_dataset):
+    from l2lda_tf.data import ImageDataset
+
+    train(small_config(epochs=1), tmp_path, dataset=tiny_dataset, verbose=0)
+    smaller = ImageDataset("tiny", tiny_dataset.train_images[:24], tiny_dataset.train_labels[:24],
+                           tiny_dataset.eval_images, tiny_dataset.eval_labels, 3)
+    with pytest.raises(ValueError, match="steps_per_epoch: saved 5, now 3"):
+        train(small_config(epochs=1), tmp_path, dataset=smaller, verbose=0)
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="batch size 64 exceeds the 40 training images"):
+        train(small_config(batch_size=64), fresh, dataset=tiny_dataset, verbose=0)
+    assert not fresh.exists()

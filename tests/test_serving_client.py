@@ -110,3 +110,7 @@ def test_command_line_names_the_problem_and_exits_nonzero(server, tmp_path):
     with pytest.raises(SystemExit, match="404.*Servable not found"):
         main(["--rest", f"http://127.0.0.1:{server.rest_port}", "classify", "--model", "resnet",
               str(tmp_path / "big.png")])
+    np.save(tmp_path / "three.npy", images(3))
+    with pytest.raises(SystemExit, match="one label, or one per image \\(3\\); got 2"):
+        main(["--rest", f"http://127.0.0.1:{server.rest_port}", "attack",
+              str(tmp_path / "three.npy"), "--labels", "1", "2", "--out", str(tmp_path / "adv")])

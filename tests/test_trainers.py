@@ -134,6 +134,10 @@ def test_mixed_precision_trains_inside_the_threat_model(tiny_dataset, precision)
                             precision=precision)
     assert trainer.classifier.compute_dtype == precision.split("_")[1]
     assert all(v.dtype == "float32" for v in trainer.classifier.trainable_variables)
+    x, _ = first_batch(tiny_dataset)
+    assert trainer.classifier(x).dtype == "float32"  # logits stay float32
+    assert trainer.generator(tf.zeros([1, 12, 12, 3]), tf.zeros([1], tf.int32),
+                             tf.zeros([1, 8])).dtype == "float32"
     seen = []
     update = trainer.update_classifier
     trainer.update_classifier = lambda x, y: seen.append(x.numpy()) or update(x, y)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
-from l2lda_tf.config import DEFENSES
+from l2lda_tf.config import DEFENSES, step_budget
 from l2lda_tf.config import preset as make_preset
 from l2lda_tf.data import DATASETS, load_dataset
 from l2lda_tf.experiment import STRATEGIES, make_strategy, train
@@ -59,11 +58,8 @@ def main(argv=None) -> int:
         dataset = load_dataset(args.dataset, args.data_dir)
         overrides = {field: getattr(args, field) for field in OVERRIDES}
         if args.steps is not None:
-            if args.steps < 1:
-                raise ValueError("--steps must be positive")
             batch = args.batch_size or make_preset(args.dataset).batch_size
-            per_epoch = min(args.steps, max(len(dataset.train_labels) // batch, 1))
-            overrides.update(steps_per_epoch=per_epoch, epochs=math.ceil(args.steps / per_epoch))
+            overrides.update(step_budget(args.steps, len(dataset.train_labels), batch))
         config = make_preset(args.dataset, args.defense, **overrides)
         metrics = train(config, args.out, dataset=dataset, verbose=args.verbose,
                         init_from=args.init_from, strategy=make_strategy(args.strategy),

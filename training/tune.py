@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
-from l2lda_tf.config import DEFENSES
+from l2lda_tf.config import DEFENSES, step_budget
 from l2lda_tf.config import preset as make_preset
 from l2lda_tf.data import DATASETS, load_dataset
 from l2lda_tf.tuning import TUNERS, is_worker, run_search, train_best, validation_size
@@ -61,12 +60,9 @@ def base_config(args: argparse.Namespace, train_size: int):
     if args.tune_rates and (args.g_lr is not None or args.f_lr is not None):
         raise ValueError("--tune-rates searches the learning rates; drop --g-lr and --f-lr")
     if args.steps is not None:
-        if args.steps < 1:
-            raise ValueError("--steps must be positive")
         batch = args.batch_size or make_preset(args.dataset).batch_size
         trial_train = train_size - validation_size(train_size, args.validation_split)
-        per_epoch = min(args.steps, max(trial_train // batch, 1))
-        overrides.update(steps_per_epoch=per_epoch, epochs=math.ceil(args.steps / per_epoch))
+        overrides.update(step_budget(args.steps, trial_train, batch))
     return make_preset(args.dataset, args.defense, **overrides)
 
 

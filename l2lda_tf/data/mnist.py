@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from l2lda_tf.data.dataset import ImageDataset
+from l2lda_tf.data.tfds_arrays import load_tfds_arrays
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -69,13 +70,4 @@ def load_mnist_idx(data_dir: str | Path) -> ImageDataset:
 
 def load_mnist_tfds(data_dir: str | None = None) -> ImageDataset:
     """MNIST through tensorflow-datasets (downloads on first use into its data dir)."""
-    import tensorflow_datasets as tfds
-
-    def arrays(split):
-        batches = tfds.as_numpy(split.batch(10_000))
-        images, labels = zip(*batches)
-        return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int64)
-
-    train, test = tfds.load("mnist", split=["train", "test"], as_supervised=True,
-                            data_dir=data_dir)
-    return ImageDataset("mnist", *arrays(train), *arrays(test), num_classes=10)
+    return load_tfds_arrays("mnist", "mnist", ("train", "test"), data_dir)

@@ -58,7 +58,8 @@ class LeNet5(keras.Model):
             keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(120, activation="relu", name="fc1"),
             keras.layers.Dense(84, activation="relu", name="fc2"),
-            keras.layers.Dense(num_classes, name="logits"),
+            # float32 logits under mixed precision: losses, margins and input gradients
+            keras.layers.Dense(num_classes, name="logits", dtype="float32"),
         ]
 
     def call(self, images, training=None):
@@ -145,7 +146,7 @@ class ResNet(keras.Model):
             for b in range(count)
         ]
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
-        self.logits = keras.layers.Dense(num_classes, name="logits")
+        self.logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")
 
     def call(self, images, training=None):
         h = tf.nn.relu(self.stem_bn(self.stem(self.normalize(images)), training=training))

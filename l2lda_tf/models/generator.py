@@ -40,10 +40,10 @@ class NoiseGenerator(keras.Model):
             return keras.layers.Dense(noise_dim, activation="relu", name=name,
                                       kernel_initializer="glorot_uniform", bias_initializer="zeros")
 
-        def conv(filters, kernel, stride, name, transpose=False):
+        def conv(filters, kernel, stride, name, transpose=False, dtype=None):
             layer = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
             return layer(filters, kernel, strides=stride, padding="same", use_bias=False,
-                         kernel_initializer=_conv_init(), name=name)
+                         kernel_initializer=_conv_init(), name=name, dtype=dtype)
 
         def norm(name):
             if num_classes is None:
@@ -60,7 +60,8 @@ class NoiseGenerator(keras.Model):
         self.norm_up1 = norm("norm_up1")
         self.deconv2 = conv(64, 4, 2, "deconv2", transpose=True)
         self.norm_up2 = norm("norm_up2")
-        self.out_conv = conv(channels, 3, 1, "out_conv")
+        # o_t in float32 under mixed precision: α·ε·o_t is added to δ at full precision
+        self.out_conv = conv(channels, 3, 1, "out_conv", dtype="float32")
 
     def _with_noise(self, h, z):
         if z is None:

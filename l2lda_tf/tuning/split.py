@@ -18,7 +18,8 @@ def validation_dataset(dataset: ImageDataset, share: float, seed: int) -> ImageD
     """`dataset` with a fixed random `share` of its training images moved into the eval split.
 
     The real eval split is dropped, so a search never sees it: trials train on the rest of the
-    training split and report their accuracies on the held-out part.
+    training split and report their accuracies on the held-out part. The name is kept, so
+    trials get the dataset's augmentation like the final run.
     """
     n = len(dataset.train_labels)
     n_val = validation_size(n, share)
@@ -27,6 +28,6 @@ def validation_dataset(dataset: ImageDataset, share: float, seed: int) -> ImageD
                          f"images leaves {n_val} for validation and {n - n_val} for training")
     order = np.random.default_rng(seed).permutation(n)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return ImageDataset(f"{dataset.name}-validation", dataset.train_images[train],
+    return ImageDataset(dataset.name, dataset.train_images[train],
                         dataset.train_labels[train], dataset.train_images[val],
                         dataset.train_labels[val], dataset.num_classes)
