@@ -23,6 +23,7 @@ setup(
         "numpy>=1.26,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8,<10", "ruff>=0.6,<1"],
+        # cleverhans: the independent reference our FGSM and PGD are checked against
+        "dev": ["pytest>=8,<10", "ruff>=0.6,<1", "hypothesis>=6.100,<7", "cleverhans>=4.0,<5"],
     },
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from l2lda_tf.attacks.utils import loss_and_input_gradient, margin, project
+from l2lda_tf.attacks.utils import keep_more_damaging, loss_and_input_gradient, margin, project
 
 
 def default_step_size(epsilon, steps: int):
@@ -32,7 +32,7 @@ def pgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, steps: int = 10, step_size=N
     def step(i, x_adv, best, best_margin):
         _, logits, gradient = loss_and_input_gradient(model, x_adv, y)
         if keep_best:
-            best, best_margin = _keep_best(best, best_margin, x_adv, margin(y, logits))
+            best, best_margin = keep_more_damaging(best, best_margin, x_adv, margin(y, logits))
         return i + 1, project(x_adv + step_size * tf.sign(gradient), x, epsilon), best, best_margin
 
     # An explicit loop rather than Python iteration: one graph node for any k (PGD-100 too).
@@ -40,10 +40,5 @@ def pgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, steps: int = 10, step_size=N
         lambda i, *_: i < steps, step, (tf.constant(0), x_adv, best, best_margin))
     if not keep_best:
         return x_adv
-    best, _ = _keep_best(best, best_margin, x_adv, margin(y, model(x_adv, training=False)))
+    best, _ = keep_more_damaging(best, best_margin, x_adv, margin(y, model(x_adv, training=False)))
     return best
-
-def _keep_best(best, best_margin, candidate, candidate_margin):
-    better = candidate_margin > best_margin
-    chosen = tf.where(tf.reshape(better, [-1, 1, 1, 1]), candidate, best)
-    return chosen, tf.maximum(best_margin, candidate_margin)

@@ -43,3 +43,23 @@ def normalize_gradient(gradient: tf.Tensor, stabilizer: float = 1e-15) -> tf.Ten
     """∇̃: the gradient divided, per example and channel, by its Frobenius norm over (H, W)."""
     norm = tf.sqrt(tf.reduce_sum(tf.square(gradient), axis=[1, 2], keepdims=True))
     return gradient / (norm + stabilizer)
+
+
+def keep_more_damaging(best: tf.Tensor, best_margin: tf.Tensor, candidate: tf.Tensor,
+                       candidate_margin: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per example, keeps whichever of `best` and `candidate` has the larger logit margin
+    (`margin`: positive when misclassified), so an attack never returns a weaker iterate."""
+    better = candidate_margin > best_margin
+    mask = tf.reshape(better, tf.concat([tf.shape(better), tf.ones([tf.rank(best) - 1],
+                                                                   tf.int32)], 0))
+    return tf.where(mask, candidate, best), tf.maximum(best_margin, candidate_margin)
+
+
+def most_damaging(model, x: tf.Tensor, y: tf.Tensor, *candidates: tf.Tensor) -> tf.Tensor:
+    """The most damaging of the clean `x` and each candidate, per example: what an attack
+    reports, so it can never leave the model more accurate than on clean inputs."""
+    best, best_margin = x, margin(y, model(x, training=False))
+    for candidate in candidates:
+        best, best_margin = keep_more_damaging(
+            best, best_margin, candidate, margin(y, model(candidate, training=False)))
+    return best
