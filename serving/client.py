@@ -11,6 +11,7 @@ uint8 in 0..255 or floats in [0, 1]). Python: `RestClient(url).classify(images)`
 
 from __future__ import annotations
 
+import abc
 import argparse
 import http.client
 import json
@@ -32,15 +33,17 @@ class ServingClientError(Exception):
         self.status, self.message = status, message
 
 
-class _Client:
+class _Client(abc.ABC):
     """What both transports share: the signature's input specs, classify and attack."""
 
+    @abc.abstractmethod
     def predict(self, model: str, inputs: dict[str, np.ndarray], version: int | None = None,
                 signature_name: str = "") -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The signature's outputs for `inputs`, by output name."""
 
+    @abc.abstractmethod
     def metadata(self, model: str, version: int | None = None) -> dict:
-        raise NotImplementedError
+        """The model's metadata in TF Serving's JSON shape."""
 
     def input_shape(self, model: str, input_name: str = "images",
                     signature_name: str = "serving_default") -> tuple[int, ...]:

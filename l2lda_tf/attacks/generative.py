@@ -28,7 +28,8 @@ class GenerativeAttack(keras.Model):
         self.attack = tf.function(self._attack)
 
     def perturbation(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        raise NotImplementedError
+        """δ with |δ|∞ ≤ ε for images x; each attack (AdvGAN, GAP) defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define perturbation")
 
     def adversarial(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """x + δ, pixels clipped to [0, 1]; |δ|∞ ≤ ε by construction of `perturbation`."""

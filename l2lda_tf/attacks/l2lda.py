@@ -125,4 +125,4 @@ class L2LDAAttack(keras.Model):
         return best
 
     def call(self, x, training=None):
-        raise NotImplementedError("use attack(x, y): the generator is class-conditional")
+        raise TypeError("use attack(x, y): the generator is class-conditional")
