@@ -158,17 +158,24 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     return metrics
 
 
+def read_run(run_dir: Path, role: str = "") -> tuple[TrainConfig, dict]:
+    """A run directory's config.json and run.json; `role` (e.g. "--init-from") prefixes the
+    error for a directory that is not a run."""
+    for name in ("config.json", "run.json"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{role}{' ' if role else ''}{run_dir} is not a training "
+                                    f"run: {name} is missing")
+    config = TrainConfig.from_json((run_dir / "config.json").read_text())
+    return config, json.loads((run_dir / "run.json").read_text())
+
+
 def load_run(run_dir: str | Path, strategy: tf.distribute.Strategy | None = None):
     """Rebuilds a run's trainer (classifier, generator, optimizers) from its newest checkpoint.
 
     For evaluation, export and tuning: `load_run(DIR).classifier` is the trained classifier.
     """
     run_dir = Path(run_dir)
-    for name in ("config.json", "run.json"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir} is not a training run: {name} is missing")
-    config = TrainConfig.from_json((run_dir / "config.json").read_text())
-    shapes = json.loads((run_dir / "run.json").read_text())
+    config, shapes = read_run(run_dir)
     trainer = build_trainer(config, shapes["num_classes"], tuple(shapes["image_shape"]),
                             shapes["steps_per_epoch"], strategy)
     if not Checkpointer(trainer, run_dir / "checkpoints").restore():
@@ -180,12 +187,7 @@ def check_init_source(run_dir: str | Path, config: TrainConfig, dataset: ImageDa
     """Raises unless `run_dir` is a run whose classifier fits this one (architecture, classes,
     image shape), before anything is written."""
     run_dir = Path(run_dir)
-    for name in ("config.json", "run.json"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"--init-from {run_dir} is not a training run: "
-                                    f"{name} is missing")
-    source = TrainConfig.from_json((run_dir / "config.json").read_text())
-    shapes = json.loads((run_dir / "run.json").read_text())
+    source, shapes = read_run(run_dir, "--init-from")
     theirs = (source.classifier, shapes["num_classes"], tuple(shapes["image_shape"]))
     ours = (config.classifier, dataset.num_classes, dataset.image_shape)
     if theirs != ours:
