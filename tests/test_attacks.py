@@ -157,3 +157,64 @@ def test_generator_gradient_is_not_taken_through_the_input_gradient():
     second_order = tape.gradient(second_order_loss, probe.weights)
     assert any(not np.allclose(a.numpy(), b.numpy(), rtol=1e-3)
                for a, b in zip(ours, second_order))
+
+
+def test_generator_gradient_equals_differentiating_through_the_classifier():
+    # the unroll backpropagates into x_t with the ∇_t it computed; written naively, the same
+    # loss differentiated through f at every step must give the same gradient
+    classifier = smooth_classifier()
+    x, y = batch()
+    probe = ProbeGenerator(steps=3)
+    with tf.GradientTape() as tape:
+        unroll = unrolled_attack(classifier, probe, x, y, None, 0.3, steps=3, training=True)
+        loss = tf.add_n([tf.reduce_mean(loss) for loss in unroll.losses])
+    ours = tape.gradient(loss, probe.weights)
+
+    probe.calls, probe.replay = 0, True
+    with tf.GradientTape() as tape:
+        delta, naive_loss = tf.zeros_like(x), 0.0
+        for _ in range(3):
+            step = probe(tf.concat([x, delta, tf.zeros_like(x)], axis=-1), y, None)
+            delta = tf.clip_by_value(delta + 0.25 * 0.3 * step, -0.3, 0.3)
+            logits = classifier(tf.clip_by_value(x + delta, 0.0, 1.0), training=False)
+            naive_loss += tf.reduce_mean(cross_entropy(y, logits))
+    naive = tape.gradient(naive_loss, probe.weights)
+
+    np.testing.assert_allclose(loss.numpy(), naive_loss.numpy(), rtol=1e-6)
+    for a, b in zip(ours, naive, strict=True):
+        assert np.abs(b.numpy()).max() > 1e-6
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_recomputation_gives_the_same_gradients_and_updates_batch_norm_once():
+    classifier = smooth_classifier((8, 8, 1))
+    keras.utils.set_random_seed(3)
+    generator = NoiseGenerator(1, num_classes=3, noise_dim=4)
+    x, y = batch((8, 8, 1))
+    noise = tf.random.normal([4, 4])
+    generator(tf.zeros([1, 8, 8, 3]), tf.zeros([1], tf.int32), tf.zeros([1, 4]))
+    initial = generator.get_weights()
+
+    @tf.function
+    def gradients(recompute):
+        with tf.GradientTape() as tape:
+            unroll = unrolled_attack(classifier, generator, x, y, noise, 0.1, steps=3,
+                                     training=True, recompute=recompute)
+            loss = tf.add_n([tf.reduce_sum(loss) for loss in unroll.losses])
+        return loss, tape.gradient(loss, generator.trainable_variables)
+
+    results = {}
+    for recompute in (False, True):
+        generator.set_weights(initial)
+        loss, grads = gradients(recompute)
+        # non-trainable weights: the batch-norm moving statistics, updated once per step
+        results[recompute] = (loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads],
+                              [w.numpy() for w in generator.non_trainable_weights])
+    (loss, grads, stats), (loss_r, grads_r, stats_r) = results[False], results[True]
+    np.testing.assert_allclose(loss, loss_r, rtol=1e-6)
+    for a, b in zip(grads, grads_r, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert stats and any(np.abs(s - i).max() > 1e-6 for s, i in zip(
+        stats, [w for w, v in zip(initial, generator.weights) if not v.trainable]))
+    for a, b in zip(stats, stats_r, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

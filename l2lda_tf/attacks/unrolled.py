@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
+import keras
 import tensorflow as tf
 
 from l2lda_tf.attacks.utils import cross_entropy, loss_and_input_gradient, normalize_gradient
@@ -17,31 +19,74 @@ class Unroll(NamedTuple):
 
 
 def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, epsilon,
-                    steps: int = 10, alpha: float = 0.25, training: bool = False) -> Unroll:
+                    steps: int = 10, alpha: float = 0.25, training: bool = False,
+                    recompute: bool = False) -> Unroll:
     """Runs δ_0 = 0; o_t = g(x ‖ δ_t ‖ ∇̃_t, y, z); δ_{t+1} = clip(δ_t + α·ε·o_t, −ε, ε);
     x_{t+1} = clip(x + δ_{t+1}, 0, 1), with ∇_t = ∂CE(f(x_t), y)/∂x_t from the classifier in
     inference mode.
 
-    The forward pass of f at x_t is shared by the generator's loss (kept differentiable, so its
-    gradient flows back through δ across all steps) and ∇_t (a constant input: no second-order
-    terms). `training` is the generator's mode; the classifier is always in inference mode.
-    The last step's input gradient is never used, so it is not computed.
+    The losses stay differentiable in φ through δ across all steps, while ∇_t is a constant
+    input (no second-order terms). One forward and one backward pass of f at x_t give both
+    CE(f(x_t), y) and ∇_t, and since ∇_t is also that loss's gradient in x_t, backpropagation
+    reuses it instead of differentiating f again. `training` is the generator's mode; the
+    classifier is always in inference mode. `recompute` keeps only each step's inputs for the
+    backward pass and reruns the generator there (`tf.recompute_grad`): less memory, one more
+    generator forward pass per step.
     """
     x = tf.cast(x, tf.float32)
     epsilon = tf.cast(epsilon, tf.float32)
+
+    def generator_step(delta, gradient):
+        features = tf.concat([x, delta, normalize_gradient(gradient)], axis=-1)
+        step = tf.cast(generator(features, y, noise, training=training), tf.float32)
+        return tf.clip_by_value(delta + alpha * epsilon * step, -epsilon, epsilon)
+
     delta = tf.zeros_like(x)
     _, _, gradient = loss_and_input_gradient(classifier, x, y)
     images, losses = [], []
     for t in range(steps):
-        features = tf.concat([x, delta, normalize_gradient(gradient)], axis=-1)
-        step = tf.cast(generator(features, y, noise, training=training), tf.float32)
-        delta = tf.clip_by_value(delta + alpha * epsilon * step, -epsilon, epsilon)
+        delta = (recomputed(generator_step, generator) if recompute else generator_step)(
+            delta, gradient)
         x_t = tf.clip_by_value(x + delta, 0.0, 1.0)
         if t + 1 < steps:
             loss, _, gradient = loss_and_input_gradient(classifier, x_t, y)
-        else:
+            # the value of CE(f(x_t), y), with ∂/∂x_t = ∇_t: f's backward pass, done once
+            loss = tf.stop_gradient(loss) + tf.reduce_sum(
+                gradient * (x_t - tf.stop_gradient(x_t)), axis=tf.range(1, tf.rank(x_t)))
+        else:  # the last input gradient feeds no step: left to backpropagation, if asked for
             loss = cross_entropy(y, classifier(x_t, training=False))
         images.append(x_t)
         losses.append(loss)
     return Unroll(images, losses)
 
+
+def recomputed(step, model):
+    """`tf.recompute_grad(step)` for a `step` that runs `model`: the backward pass reruns
+    `step` rather than keeping its activations. The rerun freezes batch-norm moving statistics
+    (momentum 1), so that in training mode they are updated once, as without recomputation."""
+    calls = []
+
+    def once(*args):
+        if not calls:
+            calls.append("forward")
+            return step(*args)
+        with frozen_moving_statistics(model):
+            return step(*args)
+
+    return tf.recompute_grad(once)
+
+
+@contextlib.contextmanager
+def frozen_moving_statistics(model):
+    """Sets the momentum of `model`'s batch-norm layers to 1 (m ← 1·m + 0·batch statistic)
+    for the ops built inside the block."""
+    layers = [layer for layer in model._flatten_layers()
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 1.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum

@@ -54,6 +54,16 @@ def build_generator(config: TrainConfig, num_classes: int, image_shape: Sequence
     return generator
 
 
+def synchronize_batch_norm(*models) -> None:
+    """Makes every BatchNormalization layer (those inside CondBN too) normalize with the
+    statistics of the global batch, all-reduced across replicas, as the reference's SyncBN did:
+    with several replicas, each would otherwise see only its own share of the batch."""
+    for model in models:
+        for layer in model._flatten_layers() if model is not None else ():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+
+
 def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
     """The clean warm-up in whole epochs (rounded up), so phases switch at epoch boundaries."""
     if config.defense == "plain":
@@ -63,12 +73,15 @@ def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
 
 def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[int],
                   steps_per_epoch: int, strategy: tf.distribute.Strategy | None = None,
-                  jit_compile: bool = False, precision: str = "float32") -> Trainer:
+                  jit_compile: bool = False, precision: str = "float32",
+                  recompute: bool = False) -> Trainer:
     """Builds the classifier (and generator), optimizers and trainer for `config` inside
     `strategy.scope()`, with every variable created so a checkpoint can be restored into it.
 
     `precision` is a Keras dtype policy for the models ("mixed_bfloat16" computes in bfloat16
-    with float32 variables); checkpoints are interchangeable between precisions.
+    with float32 variables); checkpoints are interchangeable between precisions. `recompute`
+    (learned defenses) reruns each unroll step's generator in the backward pass instead of
+    keeping its activations.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
@@ -83,6 +96,8 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
             generator = build_generator(config, num_classes, image_shape)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+    if strategy.num_replicas_in_sync > 1:
+        synchronize_batch_norm(classifier, generator)
     with strategy.scope():
         classifier_optimizer = sgd(config, config.f_lr, total_steps // 2, precision)
         cls = TRAINERS[config.defense]
@@ -93,7 +108,7 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
             generator_optimizer = sgd(config, config.g_lr,
                                       total_steps // 2 - warmup * steps_per_epoch, precision)
             trainer = cls(classifier, generator, config, steps_per_epoch, warmup,
-                          name=config.defense)
+                          recompute=recompute, name=config.defense)
             trainer.compile(classifier_optimizer, generator_optimizer, jit_compile=jit_compile)
             generator_optimizer.build(generator.trainable_variables)
         classifier_optimizer.build(classifier.trainable_variables)
@@ -103,5 +118,5 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
 __all__ = [
     "PRECISIONS", "TRAINERS", "L2LDATrainer", "L2LTrainer", "PGDTrainer", "PlainTrainer",
     "Trainer", "build_generator", "build_trainer", "clean_warmup_epochs", "global_batch",
-    "minimize", "sgd",
+    "minimize", "sgd", "synchronize_batch_norm",
 ]

@@ -15,6 +15,17 @@ def global_batch(local_size) -> tf.Tensor:
     return tf.cast(local_size * replicas, tf.float32)
 
 
+def step_logs(metrics) -> dict:
+    """A train or test step's return value: each metric's result by name.
+
+    Keras averages step outputs across multi-worker replicas along axis 0, which scalars lack,
+    so there each result is returned as a length-1 vector (Keras hands back a scalar)."""
+    strategy = tf.distribute.get_strategy()
+    vector = (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+              and strategy.extended._in_multi_worker_mode())
+    return {m.name: tf.reshape(m.result(), [1]) if vector else m.result() for m in metrics}
+
+
 def minimize(optimizer, tape: tf.GradientTape, loss: tf.Tensor, variables,
              clip_norm: float) -> None:
     """One optimizer step on ∂loss/∂variables, clipped to global norm `clip_norm`.
@@ -67,6 +78,11 @@ class Trainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.clean_acc, self.adv_acc, self.pgd_acc]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras would build here by averaging a first batch across replicas, which fails under
+        # MultiWorkerMirroredStrategy; `build_trainer` has already created every variable.
+        return
+
     def call(self, images, training=None):
         return self.classifier(images, training=training)
 
@@ -105,7 +121,7 @@ class Trainer(keras.Model):
         """Plain training and the clean warm-up: the classifier on clean images only."""
         x, y = data
         self.clean_acc.update_state(y, self.update_classifier(x, y))
-        return {m.name: m.result() for m in (self.loss_tracker, self.clean_acc)}
+        return step_logs((self.loss_tracker, self.clean_acc))
 
     def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Adversarial images for monitoring (TensorBoard); PGD-k at the full ε by default."""
@@ -116,4 +132,4 @@ class Trainer(keras.Model):
         self.clean_acc.update_state(y, self.classifier(x, training=False))
         x_adv = pgd(self.classifier, x, y, self.config.epsilon, steps=self.config.eval_pgd_steps)
         self.pgd_acc.update_state(y, self.classifier(x_adv, training=False))
-        return {m.name: m.result() for m in (self.clean_acc, self.pgd_acc)}
+        return step_logs((self.clean_acc, self.pgd_acc))

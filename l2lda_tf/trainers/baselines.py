@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from l2lda_tf.attacks import pgd
-from l2lda_tf.trainers.base import Trainer
+from l2lda_tf.trainers.base import Trainer, step_logs
 
 
 class PlainTrainer(Trainer):
@@ -33,4 +33,4 @@ class PGDTrainer(Trainer):
         logits = self.update_classifier(tf.concat([x[:n_clean], x_adv], 0), y)
         self.clean_acc.update_state(y[:n_clean], logits[:n_clean])
         self.adv_acc.update_state(y[n_clean:], logits[n_clean:])
-        return {m.name: m.result() for m in (self.loss_tracker, self.clean_acc, self.adv_acc)}
+        return step_logs((self.loss_tracker, self.clean_acc, self.adv_acc))

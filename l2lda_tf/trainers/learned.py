@@ -8,7 +8,7 @@ import tensorflow as tf
 from l2lda_tf.attacks import unrolled_attack
 from l2lda_tf.config import TrainConfig
 from l2lda_tf.losses import pairwise_diversity
-from l2lda_tf.trainers.base import Trainer, global_batch, minimize
+from l2lda_tf.trainers.base import Trainer, global_batch, minimize, step_logs
 
 
 class L2LDATrainer(Trainer):
@@ -23,9 +23,10 @@ class L2LDATrainer(Trainer):
     paired = True  # duplicate the batch so that D_t compares two z on the same image
 
     def __init__(self, classifier, generator, config: TrainConfig, steps_per_epoch: int,
-                 clean_warmup_epochs: int = 0, **kwargs):
+                 clean_warmup_epochs: int = 0, recompute: bool = False, **kwargs):
         super().__init__(classifier, config, steps_per_epoch, clean_warmup_epochs, **kwargs)
         self.generator = generator
+        self.recompute = recompute  # trade generator recomputation for activation memory
         self.rng = tf.random.Generator.from_seed(config.seed)
         self.gen_ce = keras.metrics.Mean(name="gen_ce")
         self.diversity = keras.metrics.Mean(name="diversity")
@@ -51,20 +52,36 @@ class L2LDATrainer(Trainer):
                 "generator_optimizer": self.generator_optimizer, "rng": self.rng}
 
     def sample_noise(self, count) -> tf.Tensor | None:
+        """Fresh z for `count` images (monitoring and the exported attack)."""
         if not self.generator.noise_dim:
             return None
         return self.rng.normal([count, self.generator.noise_dim])
 
+    def step_noise(self, n) -> tf.Tensor | None:
+        """z for this training step's 2n paired images on this replica: drawn for the global
+        batch from (seed, step) and sliced to this replica's examples, so that a step is the
+        same on any number of replicas (replica r holds global examples r·n … r·n + n − 1)."""
+        if not self.generator.noise_dim:
+            return None
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64),
+                         tf.cast(self.optimizer.iterations, tf.int64)])
+        noise = tf.random.stateless_normal([2, n * replicas, self.generator.noise_dim], seed)
+        return tf.reshape(noise[:, replica * n:(replica + 1) * n],
+                          [2 * n, self.generator.noise_dim])
+
     def attack(self, x, y, noise, epsilon, training=False):
         return unrolled_attack(self.classifier, self.generator, x, y, noise, epsilon,
-                               steps=self.unroll_steps, alpha=self.alpha, training=training)
+                               steps=self.unroll_steps, alpha=self.alpha, training=training,
+                               recompute=self.recompute and training)
 
     def train_step(self, data):
         if not self.adversarial:
             return self.clean_step(data)
         x, y = data
         x_g, y_g = (tf.concat([x, x], 0), tf.concat([y, y], 0)) if self.paired else (x, y)
-        noise = self.sample_noise(tf.shape(x_g)[0])
+        noise = self.step_noise(tf.shape(x)[0]) if self.paired else None
         with tf.GradientTape() as tape:
             unroll = self.attack(x_g, y_g, noise, self.epsilon_now(), training=True)
             ce = tf.add_n(unroll.losses)  # Σ_t CE(f(x_t), y) per example
@@ -86,7 +103,7 @@ class L2LDATrainer(Trainer):
         if self.paired:
             self.diversity.update_state(diversity / len(unroll.images))
             logged.append(self.diversity)
-        return {m.name: m.result() for m in logged}
+        return step_logs(logged)
 
     def adversarial_examples(self, x, y):
         """The generator's attack in inference mode with fresh noise (for monitoring)."""
