@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import keras
@@ -16,13 +18,17 @@ class Checkpointer:
 
     `tf.train.CheckpointManager` writes a new checkpoint's files before it updates the index
     file atomically, so a run killed while saving leaves the previous checkpoint in force.
+    In multi-worker training every worker restores from `directory` and takes part in each
+    save, but only the chief (`writer=True`) keeps what it saved.
     """
 
-    def __init__(self, trainer, directory: str | Path, max_to_keep: int = 2):
+    def __init__(self, trainer, directory: str | Path, max_to_keep: int = 2,
+                 writer: bool = True):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
         self.checkpoint = tf.train.Checkpoint(completed_epochs=self.epoch, **trainer.state())
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep)
         self.step = trainer.optimizer.iterations
+        self.writer = writer
 
     def restore(self) -> int:
         """Restores the newest readable checkpoint and returns its completed epochs (0 if none).
@@ -44,9 +50,15 @@ class Checkpointer:
                 f"{', '.join(self.manager.checkpoints)}); move the directory aside to start over")
         return 0
 
-    def save(self, completed_epochs: int) -> str:
+    def save(self, completed_epochs: int) -> str | None:
+        """Saves a checkpoint (the chief) or saves one to a scratch directory and drops it
+        (other workers: saving may read distributed variables collectively)."""
         self.epoch.assign(completed_epochs)
-        return self.manager.save(checkpoint_number=self.step)
+        if self.writer:
+            return self.manager.save(checkpoint_number=self.step)
+        with tempfile.TemporaryDirectory(prefix="l2lda-worker-") as scratch:
+            self.checkpoint.write(os.path.join(scratch, "ckpt"))
+        return None
 
 
 class CheckpointEachEpoch(keras.callbacks.Callback):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,13 +39,19 @@ EVAL_BATCH = 500
 DATA_FIELDS = ("num_classes", "image_shape", "steps_per_epoch")  # run.json: fixed by the data
 
 
-STRATEGIES = ("auto", "mirrored", "one_device")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """`auto`: MirroredStrategy over the GPUs when there are several, the default strategy
-    otherwise; `mirrored`: MirroredStrategy over all local devices; `one_device`: the first GPU,
-    or the CPU."""
+    otherwise; `mirrored`: MirroredStrategy over all local devices; `multi_worker`:
+    MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (create it before any other
+    TensorFlow work); `one_device`: the first GPU, or the CPU."""
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--strategy multi_worker reads the cluster from the TF_CONFIG "
+                             "environment variable, which is not set")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -55,6 +62,18 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, except for the non-chief workers
+    of a multi-worker cluster (the chief is task "chief", or worker 0 if there is none)."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Writes `text` to `path` through a temporary file, so `path` is never half-written."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -63,10 +82,13 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict) -> None:
+def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict,
+                    write: bool = True) -> None:
     """Creates the run directory, or checks that an existing one was made by the same config
-    on data of the same shape (classes, image shape, steps per epoch)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    on data of the same shape (classes, image shape, steps per epoch). `write=False` (a
+    non-chief worker) only checks."""
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
     config_path, info_path = out_dir / "config.json", out_dir / "run.json"
     if config_path.exists():
         try:
@@ -83,9 +105,9 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict) -> None:
             raise ValueError(f"{out_dir} holds a run with another configuration ({details}); "
                              "rerun with the same settings and data to resume, or choose a "
                              "new --out")
-    else:
+    elif write:
         write_atomically(config_path, config.to_json())
-    if not info_path.exists():
+    if write and not info_path.exists():
         write_atomically(info_path, json.dumps(run_info, indent=2))
 
 
@@ -93,11 +115,15 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
           dataset: ImageDataset | None = None, strategy: tf.distribute.Strategy | None = None,
           verbose: int | str = "auto", callbacks: list | None = None,
           init_from: str | Path | None = None, jit_compile: bool = False,
-          precision: str = "float32", export_models: bool = True) -> dict:
+          precision: str = "float32", recompute: bool = False,
+          export_models: bool = True) -> dict:
     """Trains (or resumes) the run in `out_dir`, exports it and returns the final metrics.
 
-    `strategy` defaults to `make_strategy("auto")`; `jit_compile` and `precision` (a Keras
-    dtype policy) change speed, not the method, so a run may resume with other values.
+    `strategy` defaults to `make_strategy("auto")`; `jit_compile`, `precision` (a Keras dtype
+    policy) and `recompute` change speed and memory, not the method, so a run may resume with
+    other values.
+    Under MultiWorkerMirroredStrategy every worker runs this with the same `out_dir` on a
+    shared file system: all restore from it, and only the chief writes to it.
     `export_models=False` skips the SavedModel export (tuning trials need only the metrics).
 
     `init_from`: a run directory whose classifier weights (e.g. clean pre-training with
@@ -116,11 +142,13 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
                 "steps_per_epoch": steps_per_epoch}
     if init_from:
         run_info["init_from"] = str(Path(init_from).resolve())
-    prepare_run_dir(out_dir, config, run_info)
+    strategy = strategy or make_strategy()
+    chief = is_chief(strategy)
+    prepare_run_dir(out_dir, config, run_info, write=chief)
     keras.utils.set_random_seed(config.seed)
     trainer = build_trainer(config, dataset.num_classes, dataset.image_shape, steps_per_epoch,
-                            strategy or make_strategy(), jit_compile, precision)
-    checkpointer = Checkpointer(trainer, out_dir / "checkpoints")
+                            strategy, jit_compile, precision, recompute)
+    checkpointer = Checkpointer(trainer, out_dir / "checkpoints", writer=chief)
     done = checkpointer.restore()
     if done:
         log.info("resuming %s from epoch %d (step %d)", out_dir, done,
@@ -128,14 +156,36 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     elif init_from:
         init_classifier(trainer, init_from)
         log.info("classifier initialized from %s", init_from)
+    # other workers log to a scratch directory, removed at the end
+    log_dir = out_dir / "logs" if chief else Path(tempfile.mkdtemp(prefix="l2lda-worker-"))
+    try:
+        metrics = run_epochs(trainer, checkpointer, dataset, done, log_dir, verbose,
+                             callbacks or [])
+    finally:
+        if not chief:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    if chief:
+        write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2,
+                                                              sort_keys=True))
+        if export_models:
+            export(trainer, dataset, out_dir / "export")
+    return metrics
+
+
+def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done: int,
+               log_dir: Path, verbose: int | str, callbacks: list) -> dict:
+    """Runs the clean warm-up and the adversarial epochs from epoch `done` on, then returns
+    the eval split's metrics."""
+    config = trainer.config
     eval_data = eval_batches(dataset.eval_images, dataset.eval_labels, EVAL_BATCH)
     monitor = 16 if dataset.num_classes <= 16 else 32
+    steps_per_epoch = trainer.steps_per_epoch
     callbacks = [
         CheckpointEachEpoch(checkpointer),
-        keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False),
-        AdversarialImages(out_dir / "logs", dataset.eval_images[:monitor] / 255.0,
+        keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
+        AdversarialImages(log_dir, dataset.eval_images[:monitor] / 255.0,
                           dataset.eval_labels[:monitor], config.epsilon),
-        *(callbacks or []),
+        *callbacks,
     ]
     for adversarial, end in ((False, trainer.clean_warmup_epochs), (True, config.epochs)):
         if done >= end:
@@ -152,9 +202,6 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     metrics = {k: float(v) for k, v in trainer.evaluate(eval_data, return_dict=True,
                                                         verbose=0).items()}
     metrics["steps"] = int(trainer.optimizer.iterations.numpy())
-    write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-    if export_models:
-        export(trainer, dataset, out_dir / "export")
     return metrics
 
 

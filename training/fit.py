@@ -40,12 +40,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         flag = "--lambda" if field == "lam" else "--" + field.replace("_", "-")
         parser.add_argument(flag, dest=field, type=kind, help=f"overrides the preset's {field}")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                        help="tf.distribute strategy (auto: mirrored when several GPUs)")
+                        help="tf.distribute strategy (auto: mirrored when several GPUs; "
+                        "multi_worker: the cluster in TF_CONFIG, see the README)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="Keras dtype policy; mixed_bfloat16 halves memory and is faster "
                         "on CPUs with AVX512-BF16 and on recent accelerators")
     parser.add_argument("--jit-compile", action="store_true",
                         help="compile train steps with XLA (slower on CPUs, try it on GPUs)")
+    parser.add_argument("--recompute", action="store_true",
+                        help="learned defenses: recompute the generator in the backward pass "
+                        "instead of storing each unroll step's activations (less memory)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bar, 2 one line per epoch (as Keras)")
     return parser.parse_args(argv)
@@ -55,6 +59,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        strategy = make_strategy(args.strategy)  # first: multi-worker needs a fresh runtime
         dataset = load_dataset(args.dataset, args.data_dir)
         overrides = {field: getattr(args, field) for field in OVERRIDES}
         if args.steps is not None:
@@ -62,8 +67,9 @@ def main(argv=None) -> int:
             overrides.update(step_budget(args.steps, len(dataset.train_labels), batch))
         config = make_preset(args.dataset, args.defense, **overrides)
         metrics = train(config, args.out, dataset=dataset, verbose=args.verbose,
-                        init_from=args.init_from, strategy=make_strategy(args.strategy),
-                        jit_compile=args.jit_compile, precision=args.precision)
+                        init_from=args.init_from, strategy=strategy,
+                        jit_compile=args.jit_compile, precision=args.precision,
+                        recompute=args.recompute)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
