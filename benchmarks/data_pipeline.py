@@ -79,7 +79,8 @@ def main(argv=None) -> None:
         batch_size = preset(dataset).batch_size
         row = pipeline_rate(dataset, batch_size, args.batches)
         for defense in args.defense:
-            rate = measure(dataset, defense, batch_size, args.steps, jit_compile=False)
+            rate = measure(dataset, defense, batch_size, args.steps, jit_compile=False,
+                           precision="float32")
             row[f"{defense}_train_images_per_s"] = rate["images_per_s"]
             row[f"{defense}_pipeline_share"] = round(
                 rate["images_per_s"] / row["pipeline_images_per_s"], 3)

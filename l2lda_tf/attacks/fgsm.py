@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from l2lda_tf.attacks.utils import loss_and_input_gradient, most_damaging, project
+from l2lda_tf.attacks.utils import keep_more_damaging, loss_and_input_gradient, margin, project
 
 
 @tf.function
-def fgsm(model, x: tf.Tensor, y: tf.Tensor, epsilon) -> tf.Tensor:
+def fgsm(model, x: tf.Tensor, y: tf.Tensor, epsilon, keep_best: bool = True) -> tf.Tensor:
     """One signed-gradient step of size ε on the cross-entropy: x + ε·sign(∇ₓCE), clipped to
-    [0, 1]. White-box, ℓ∞ radius ε; the clean image is kept where the step does not hurt more.
+    [0, 1]. White-box, ℓ∞ radius ε. With `keep_best` (one more forward pass), the clean image
+    is kept where the step does not hurt more.
     """
     x = tf.cast(x, tf.float32)
     epsilon = tf.cast(epsilon, tf.float32)
-    _, _, gradient = loss_and_input_gradient(model, x, y)
-    return most_damaging(model, x, y, project(x + epsilon * tf.sign(gradient), x, epsilon))
+    _, logits, gradient = loss_and_input_gradient(model, x, y)
+    x_adv = project(x + epsilon * tf.sign(gradient), x, epsilon)
+    if not keep_best:
+        return x_adv
+    best, _ = keep_more_damaging(x, margin(y, logits), x_adv,
+                                 margin(y, model(x_adv, training=False)))
+    return best
