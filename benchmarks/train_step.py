@@ -52,13 +52,14 @@ def graph_flops(function, *args) -> int:
 
 
 def step_flops(trainer, x, y) -> int:
-    """Floating-point operations of one train step: its graph (the L2L-DA unroll is a static
-    loop, counted fully), plus, for PGD training, k times one attack iteration (PGD's
-    `tf.while_loop` body) on the batch's adversarial share."""
+    """Floating-point operations of one train step: its graph (static loops, such as the
+    L2L-DA unroll and PGD-k up to `UNROLLED_STEPS`, counted fully), plus, for PGD training with
+    a longer `tf.while_loop`, k times one attack iteration on the batch's adversarial share."""
     from l2lda_tf.attacks import loss_and_input_gradient
+    from l2lda_tf.attacks.pgd import UNROLLED_STEPS
 
     flops = graph_flops(lambda x, y: trainer.train_step((x, y)), x, y)
-    if trainer.config.defense == "pgd":
+    if trainer.config.defense == "pgd" and trainer.config.pgd_steps > UNROLLED_STEPS:
         n_clean = round(trainer.config.clean_share * len(y))
         iteration = graph_flops(
             lambda x, y: loss_and_input_gradient(trainer.classifier, x, y)[2], x[n_clean:],
@@ -122,13 +123,15 @@ def in_fresh_process(**kwargs) -> dict:
 
 
 def markdown_table(results: list[dict]) -> str:
-    """All cases, with each step time also as a multiple of the fastest PGD step measured."""
-    pgd = [r["step_s"] for r in results if r["defense"] == "pgd"]
+    """All cases; "× PGD" is a step's time over PGD's at the same precision and XLA setting."""
+    pgd = {(r["precision"], r["jit_compile"]): r["step_s"] for r in results
+           if r["defense"] == "pgd"}
     lines = ["| dataset | defense | precision | XLA | recompute | step s | images/s | × PGD "
              "| GFLOP/step | GFLOP/s | matmul GFLOP/s | ratio | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        multiple = f"{r['step_s'] / min(pgd):.0f}" if pgd else "–"
+        base = pgd.get((r["precision"], r["jit_compile"]))
+        multiple = f"{r['step_s'] / base:.0f}" if base else "–"
         lines.append(
             f"| {r['dataset']} | {r['defense']} | {r['precision']} "
             f"| {'on' if r['jit_compile'] else 'off'} | {'on' if r['recompute'] else 'off'} "

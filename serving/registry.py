@@ -38,7 +38,7 @@ class ServingError(Exception):
         self.message = message
 
 
-def _invalid(message: str) -> ServingError:
+def invalid(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
@@ -66,13 +66,13 @@ class InputSpec:
     def check(self, value: np.ndarray) -> None:
         """Rejects a value whose dtype or shape the signature cannot take."""
         if tf.as_dtype(value.dtype) != self.dtype:
-            raise _invalid(f"input '{self.name}' has dtype {value.dtype.name} but the signature "
-                           f"expects {self.dtype.name}")
+            raise invalid(f"input '{self.name}' has dtype {value.dtype.name} but the signature "
+                          f"expects {self.dtype.name}")
         expected = [-1 if d is None else d for d in self.shape]
         if value.ndim != len(self.shape) or any(
                 d is not None and d != actual for d, actual in zip(self.shape, value.shape)):
-            raise _invalid(f"input '{self.name}' has shape {list(value.shape)} but the signature "
-                           f"expects {expected} (-1: any size)")
+            raise invalid(f"input '{self.name}' has shape {list(value.shape)} but the signature "
+                          f"expects {expected} (-1: any size)")
 
 
 def _input_specs(signature: meta_graph_pb2.SignatureDef) -> dict[str, InputSpec]:
@@ -115,12 +115,12 @@ class LoadedVersion:
         specs = self._inputs[key]
         unknown = sorted(set(inputs) - set(specs))
         if unknown:
-            raise _invalid(f"input tensor alias not found in signature: {', '.join(unknown)}. "
-                           f"Inputs expected to be in the set {{{', '.join(sorted(specs))}}}.")
+            raise invalid(f"input tensor alias not found in signature: {', '.join(unknown)}. "
+                          f"Inputs expected to be in the set {{{', '.join(sorted(specs))}}}.")
         missing = sorted(set(specs) - set(inputs))
         if missing:
-            raise _invalid(f"missing input(s) {', '.join(missing)}; signature '{key}' takes "
-                           f"{{{', '.join(sorted(specs))}}}")
+            raise invalid(f"missing input(s) {', '.join(missing)}; signature '{key}' takes "
+                          f"{{{', '.join(sorted(specs))}}}")
         for name, value in inputs.items():
             specs[name].check(value)
         try:

@@ -19,7 +19,13 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from serving.registry import ModelRegistry, ServingError, signature_def_map, status_response
+from serving.registry import (
+    ModelRegistry,
+    ServingError,
+    invalid,
+    signature_def_map,
+    status_response,
+)
 
 PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                   r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
@@ -36,63 +42,59 @@ HTTP_STATUS = {  # TF Serving's http_rest_api_handler mapping
 }
 
 
-def _invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
 def _to_array(name: str, value, dtype: np.dtype) -> np.ndarray:
     """A JSON value as an array of the signature's dtype, or a message naming what is wrong."""
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nested lists
-        raise _invalid(f"input '{name}' is ragged: every row must have the same shape "
-                       f"({error})") from error
+        raise invalid(f"input '{name}' is ragged: every row must have the same shape "
+                      f"({error})") from error
     kind, wanted = array.dtype.kind, np.dtype(dtype)
     if kind not in "iuf" or (wanted.kind in "iu" and kind == "f"):
         got = {"U": "strings", "O": "mixed or null values", "b": "booleans",
                "f": "non-integer numbers"}.get(kind, array.dtype.name)
-        raise _invalid(f"input '{name}' must hold {wanted.name} numbers, got {got}")
+        raise invalid(f"input '{name}' must hold {wanted.name} numbers, got {got}")
     return array.astype(wanted)
 
 
 def _check_batch(inputs: dict[str, np.ndarray]) -> None:
     sizes = {name: value.shape[0] if value.ndim else None for name, value in inputs.items()}
     if len(set(sizes.values())) > 1:
-        raise _invalid(f"all inputs must have the same 0-th dimension (batch), got {sizes}")
+        raise invalid(f"all inputs must have the same 0-th dimension (batch), got {sizes}")
 
 
 def decode_predict(body: dict, dtypes: dict[str, np.dtype]) -> tuple[dict[str, np.ndarray], bool]:
     """The named input arrays of a predict body, and whether it used the row format."""
     if ("instances" in body) == ("inputs" in body):
-        raise _invalid('a predict request needs exactly one of "instances" (row format) or '
-                       '"inputs" (columnar format)')
+        raise invalid('a predict request needs exactly one of "instances" (row format) or '
+                      '"inputs" (columnar format)')
     names = sorted(dtypes)
     if "instances" in body:
         rows = body["instances"]
         if not isinstance(rows, list) or not rows:
-            raise _invalid('"instances" must be a non-empty list with one entry per example')
+            raise invalid('"instances" must be a non-empty list with one entry per example')
         if all(isinstance(row, dict) for row in rows):
             for index, row in enumerate(rows):
                 if set(row) != set(names):
-                    raise _invalid(f"instance {index} must have exactly the keys {names}, "
-                                   f"it has {sorted(row)}")
+                    raise invalid(f"instance {index} must have exactly the keys {names}, "
+                                  f"it has {sorted(row)}")
             inputs = {n: _to_array(n, [row[n] for row in rows], dtypes[n]) for n in names}
             _check_batch(inputs)
             return inputs, True
         if len(names) != 1:
-            raise _invalid(f"the signature takes several inputs {names}: each instance must be "
-                           "an object naming them")
+            raise invalid(f"the signature takes several inputs {names}: each instance must be "
+                          "an object naming them")
         return {names[0]: _to_array(names[0], rows, dtypes[names[0]])}, True
     columns = body["inputs"]
     if isinstance(columns, dict):
         unknown = sorted(set(columns) - set(names))
         if unknown:
-            raise _invalid(f"input tensor alias not found in signature: {', '.join(unknown)}. "
-                           f"Inputs expected to be in the set {{{', '.join(names)}}}.")
+            raise invalid(f"input tensor alias not found in signature: {', '.join(unknown)}. "
+                          f"Inputs expected to be in the set {{{', '.join(names)}}}.")
         return {n: _to_array(n, v, dtypes[n]) for n, v in columns.items()}, False
     if len(names) != 1:
-        raise _invalid(f'the signature takes several inputs {names}: "inputs" must be an object '
-                       "naming them")
+        raise invalid(f'the signature takes several inputs {names}: "inputs" must be an object '
+                      "naming them")
     return {names[0]: _to_array(names[0], columns, dtypes[names[0]])}, False
 
 
@@ -177,7 +179,7 @@ class RestHandler(BaseHTTPRequestHandler):
         request = self._parse_json(body)
         signature_name = request.get("signature_name", "")
         if not isinstance(signature_name, str):
-            raise _invalid('"signature_name" must be a string')
+            raise invalid('"signature_name" must be a string')
         dtypes = served.input_dtypes(signature_name)
         inputs, row_format = decode_predict(request, dtypes)
         _, outputs = served.predict(inputs, signature_name)
@@ -209,9 +211,9 @@ class RestHandler(BaseHTTPRequestHandler):
             # Like TF Serving, accepts NaN and Infinity literals; the signature rejects them.
             request = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise _invalid(f"JSON Parse error: {error}") from error
+            raise invalid(f"JSON Parse error: {error}") from error
         if not isinstance(request, dict):
-            raise _invalid("JSON Parse error: the request body must be a JSON object")
+            raise invalid("JSON Parse error: the request body must be a JSON object")
         return request
 
     def _send(self, status: HTTPStatus, payload: dict) -> None:

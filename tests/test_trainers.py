@@ -162,3 +162,30 @@ def test_mixed_precision_trains_inside_the_threat_model(tiny_dataset, precision)
 def test_unknown_precision(tiny_dataset):
     with pytest.raises(ValueError, match="unknown precision 'float8'"):
         build_trainer(tiny_config("plain"), 3, tiny_dataset.image_shape, 5, precision="float8")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, "mixed_bfloat16"),
+    ({"avx2", "amx_bf16"}, "mixed_bfloat16"),
+    ({"avx2", "avx512f"}, "float32"),
+    (set(), "float32"),
+])
+def test_auto_precision_on_cpus(monkeypatch, flags, expected):
+    import l2lda_tf.trainers as trainers
+
+    monkeypatch.setattr(trainers, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert trainers.auto_precision() == expected
+
+
+@pytest.mark.parametrize("capability, expected", [
+    ((9, 0), "mixed_bfloat16"), ((8, 0), "mixed_bfloat16"), ((7, 5), "mixed_float16"),
+    ((6, 1), "float32"),
+])
+def test_auto_precision_on_gpus(monkeypatch, capability, expected):
+    import l2lda_tf.trainers as trainers
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["gpu:0"])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"compute_capability": capability})
+    assert trainers.auto_precision() == expected

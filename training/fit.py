@@ -14,7 +14,7 @@ from l2lda_tf.config import DEFENSES, step_budget
 from l2lda_tf.config import preset as make_preset
 from l2lda_tf.data import DATASETS, load_dataset
 from l2lda_tf.experiment import STRATEGIES, make_strategy, train
-from l2lda_tf.trainers import PRECISIONS
+from l2lda_tf.trainers import PRECISIONS, auto_precision
 
 # flag → TrainConfig field, for the flags that override a preset value one to one
 OVERRIDES = {
@@ -42,9 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (auto: mirrored when several GPUs; "
                         "multi_worker: the cluster in TF_CONFIG, see the README)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="Keras dtype policy; mixed_bfloat16 halves memory and is faster "
-                        "on CPUs with AVX512-BF16 and on recent accelerators")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                        help="Keras dtype policy; auto: mixed_bfloat16 on CPUs with bfloat16 "
+                        "instructions and on GPUs of compute capability 8+, mixed_float16 on "
+                        "7.x, float32 otherwise")
     parser.add_argument("--jit-compile", action="store_true",
                         help="compile train steps with XLA (slower on CPUs, try it on GPUs)")
     parser.add_argument("--recompute", action="store_true",
@@ -66,9 +67,11 @@ def main(argv=None) -> int:
             batch = args.batch_size or make_preset(args.dataset).batch_size
             overrides.update(step_budget(args.steps, len(dataset.train_labels), batch))
         config = make_preset(args.dataset, args.defense, **overrides)
+        precision = auto_precision() if args.precision == "auto" else args.precision
+        logging.info("precision: %s", precision)
         metrics = train(config, args.out, dataset=dataset, verbose=args.verbose,
                         init_from=args.init_from, strategy=strategy,
-                        jit_compile=args.jit_compile, precision=args.precision,
+                        jit_compile=args.jit_compile, precision=precision,
                         recompute=args.recompute)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

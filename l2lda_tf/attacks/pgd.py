@@ -6,6 +6,10 @@ import tensorflow as tf
 
 from l2lda_tf.attacks.utils import keep_more_damaging, loss_and_input_gradient, margin, project
 
+# Up to this many steps the loop is unrolled into the graph, where the optimizer can fuse across
+# iterations: PGD-10 on LeNet-5 ran 25% faster than as a tf.while_loop (benchmarks.attacks).
+UNROLLED_STEPS = 20
+
 
 def default_step_size(epsilon, steps: int):
     """The paper's protocol: ε/4 for PGD-10 (and fewer steps), ε/12 for longer runs."""
@@ -35,9 +39,13 @@ def pgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, steps: int = 10, step_size=N
             best, best_margin = keep_more_damaging(best, best_margin, x_adv, margin(y, logits))
         return i + 1, project(x_adv + step_size * tf.sign(gradient), x, epsilon), best, best_margin
 
-    # An explicit loop rather than Python iteration: one graph node for any k (PGD-100 too).
-    _, x_adv, best, best_margin = tf.while_loop(
-        lambda i, *_: i < steps, step, (tf.constant(0), x_adv, best, best_margin))
+    state = (tf.constant(0), x_adv, best, best_margin)
+    if steps <= UNROLLED_STEPS:
+        for _ in range(steps):
+            state = step(*state)
+    else:  # one graph node for any k (PGD-100 too)
+        state = tf.while_loop(lambda i, *_: i < steps, step, state)
+    _, x_adv, best, best_margin = state
     if not keep_best:
         return x_adv
     best, _ = keep_more_damaging(best, best_margin, x_adv, margin(y, model(x_adv, training=False)))

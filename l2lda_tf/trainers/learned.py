@@ -33,7 +33,7 @@ class L2LDATrainer(Trainer):
 
     @property
     def metrics(self):
-        return [*super().metrics, self.gen_ce, self.diversity]
+        return [*super().metrics, self.gen_ce, *([self.diversity] if self.paired else [])]
 
     @property
     def unroll_steps(self) -> int:
