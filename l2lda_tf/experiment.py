@@ -30,7 +30,7 @@ from l2lda_tf.data import (
     load_dataset,
     training_batches,
 )
-from l2lda_tf.export import export_classifier, export_generator
+from l2lda_tf.export import export_trainer
 from l2lda_tf.monitoring import AdversarialImages
 from l2lda_tf.trainers import build_trainer
 
@@ -168,7 +168,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
         write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2,
                                                               sort_keys=True))
         if export_models:
-            export(trainer, dataset, out_dir / "export")
+            export_trainer(trainer, dataset.image_shape, dataset.num_classes, out_dir / "export")
     return metrics
 
 
@@ -247,14 +247,3 @@ def init_classifier(trainer, run_dir: str | Path) -> None:
     """Copies the classifier weights (batch-norm statistics included) of the run in `run_dir`
     into `trainer.classifier`; optimizer state and step count start afresh."""
     trainer.classifier.set_weights(load_run(run_dir).classifier.get_weights())
-
-
-def export(trainer, dataset: ImageDataset, base: Path, version: int = 1) -> None:
-    """Exports the classifier (and the generator, for learned defenses) under `base`."""
-    config = trainer.config
-    export_classifier(trainer.classifier, dataset.image_shape, base / "classifier" / str(version))
-    generator = getattr(trainer, "generator", None)
-    if generator is not None:
-        export_generator(trainer.classifier, generator, dataset.image_shape,
-                         dataset.num_classes, config.epsilon, trainer.unroll_steps,
-                         trainer.alpha, base / "generator" / str(version))

@@ -155,6 +155,23 @@ def export_generator(classifier, generator, image_shape: Sequence[int], num_clas
     return save_module(module, path, requests)
 
 
+def export_trainer(trainer, image_shape: Sequence[int], num_classes: int,
+                   base: str | Path, version: int = 1, *, warmup: bool = False) -> dict[str, Path]:
+    """Exports a trainer's classifier, and its generator for learned defenses, as version
+    `version` under `base`; returns model name → the version folder written."""
+    base = Path(base)
+    written = {"classifier": export_classifier(trainer.classifier, image_shape,
+                                               base / "classifier" / str(version),
+                                               warmup=warmup)}
+    generator = getattr(trainer, "generator", None)
+    if generator is not None:
+        written["generator"] = export_generator(
+            trainer.classifier, generator, image_shape, num_classes, trainer.config.epsilon,
+            trainer.unroll_steps, trainer.alpha, base / "generator" / str(version),
+            warmup=warmup)
+    return written
+
+
 def write_warmup_requests(export_dir: str | Path, model_name: str,
                           requests: Sequence[dict[str, np.ndarray]]) -> Path:
     """Writes `requests` as TF Serving warm-up records (TFRecord of PredictionLog with a

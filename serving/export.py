@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from l2lda_tf.export import (
-    export_classifier,
-    export_generator,
+    export_trainer,
     next_version,
     versions,
     write_model_config,
@@ -48,12 +47,7 @@ def export_run(run_dir: str | Path, model_base_path: str | Path,
             raise FileExistsError(f"{base / name / str(version)} already exists; "
                                   "versions are immutable, omit --version to use the next one")
 
-    written = {"classifier": export_classifier(trainer.classifier, image_shape,
-                                               base / "classifier" / str(version), warmup=True)}
-    if generator is not None:
-        written["generator"] = export_generator(
-            trainer.classifier, generator, image_shape, num_classes, trainer.config.epsilon,
-            trainer.unroll_steps, trainer.alpha, base / "generator" / str(version), warmup=True)
+    written = export_trainer(trainer, image_shape, num_classes, base, version, warmup=True)
     # Keep models exported earlier into this base path (say a generator) in the config.
     served = [name for name in MODEL_NAMES if name in written or versions(base / name)]
     write_model_config(base, served)

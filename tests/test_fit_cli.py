@@ -43,10 +43,11 @@ def test_bad_flag_values_are_reported(tmp_path, capsys):
 def test_speed_options_run_end_to_end(tmp_path):
     out = tmp_path / "run"
     code = main(["--dataset", "digits", "--defense", "l2lda", "--steps", "2", "--batch-size", "8",
-                 "--eval-pgd-steps", "1", "--precision", "mixed_bfloat16", "--strategy",
-                 "one_device", "--verbose", "0", "--out", str(out)])
+                 "--eval-pgd-steps", "1", "--mixed-precision", "mixed_bfloat16", "--recompute",
+                 "--strategy", "one_device", "--verbose", "0", "--out", str(out)])
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
     # a run may resume under another precision: the checkpoint holds float32 variables
     assert main(["--dataset", "digits", "--defense", "l2lda", "--steps", "2", "--batch-size", "8",
-                 "--eval-pgd-steps", "1", "--verbose", "0", "--out", str(out)]) == 0
+                 "--eval-pgd-steps", "1", "--precision", "float32", "--verbose", "0",
+                 "--out", str(out)]) == 0

@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (auto: mirrored when several GPUs; "
                         "multi_worker: the cluster in TF_CONFIG, see the README)")
-    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+    parser.add_argument("--precision", "--mixed-precision", dest="precision",
+                        choices=("auto", *PRECISIONS), default="auto",
                         help="Keras dtype policy; auto: mixed_bfloat16 on CPUs with bfloat16 "
                         "instructions and on GPUs of compute capability 8+, mixed_float16 on "
                         "7.x, float32 otherwise")
