@@ -8,7 +8,8 @@ Each case (defense × precision × XLA × recomputation) runs in a fresh process
 inputs of the dataset's real shapes, so its peak memory is its own. Reported per case: clean
 images consumed per second (one training step per batch of N clean images, tracing excluded),
 FLOPs of one step (counted from the traced graph by TensorFlow's profiler), the achieved
-GFLOP/s, the machine's dense float32 matmul GFLOP/s measured in the same process, their ratio,
+GFLOP/s, the machine's dense matmul GFLOP/s in the step's compute dtype (float32, or
+bfloat16 under mixed_bfloat16) measured in the same process, their ratio,
 and the process's peak resident memory; then a markdown table of all cases.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import queue
 import resource
 import time
 
@@ -25,13 +27,15 @@ SHAPES = {"digits": ((28, 28, 1), 10), "mnist": ((28, 28, 1), 10),
           "cifar10": ((32, 32, 3), 10), "tiny_imagenet": ((64, 64, 3), 200)}
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """The machine's dense float32 matmul rate, the roofline the train step is compared to."""
+def matmul_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+    """The machine's dense matmul rate in `dtype` (the step's compute dtype), the roofline the
+    train step is compared to; three untimed calls first, as the rate climbs while warming."""
     import tensorflow as tf
 
-    a = tf.random.normal([size, size])
+    a = tf.cast(tf.random.normal([size, size]), dtype)
     product = tf.function(lambda m: tf.matmul(m, m))
-    product(a).numpy()
+    for _ in range(3):
+        product(a).numpy()
     start = time.perf_counter()
     for _ in range(repeats):
         out = product(a)
@@ -83,7 +87,7 @@ def measure(dataset: str, defense: str, batch_size: int, steps: int, jit_compile
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(size=(batch_size, *image_shape)).astype(np.float32))
     y = tf.constant(rng.integers(0, num_classes, batch_size))
-    roofline = matmul_gflops()
+    roofline = matmul_gflops(trainer.classifier.compute_dtype)
     flops = step_flops(trainer, x, y)
     trainer.make_train_function()
     iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
@@ -112,12 +116,19 @@ def _run(queue, kwargs):
 
 
 def in_fresh_process(**kwargs) -> dict:
-    """`measure(**kwargs)` in a new process, so peak memory and tracing are the case's own."""
+    """`measure(**kwargs)` in a new process, so peak memory and tracing are the case's own; a
+    case whose process dies (say, out of memory) comes back as {"error": ...}."""
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_run, args=(queue, kwargs))
+    results = context.Queue()
+    process = context.Process(target=_run, args=(results, kwargs))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = results.get(timeout=5)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                return {**kwargs, "error": f"the process died with exit code {process.exitcode}"}
     process.join()
     return result
 
@@ -164,7 +175,8 @@ def main(argv=None) -> None:
             steps=args.steps, jit_compile=xla == "on", precision=precision,
             recompute=recompute == "on")
         print(json.dumps(result), flush=True)
-        results.append(result)
+        if "error" not in result:
+            results.append(result)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=2)
