@@ -6,11 +6,11 @@
 
 Each case (defense × precision × XLA × recomputation) runs in a fresh process on synthetic
 inputs of the dataset's real shapes, so its peak memory is its own. Reported per case: clean
-images consumed per second (one training step per batch of N clean images, tracing excluded),
-FLOPs of one step (counted from the traced graph by TensorFlow's profiler), the achieved
-GFLOP/s, the machine's dense matmul GFLOP/s in the step's compute dtype (float32, or
-bfloat16 under mixed_bfloat16) measured in the same process, their ratio,
-and the process's peak resident memory; then a markdown table of all cases.
+images consumed per second (one training step per batch of N clean images; at least `--steps`
+steps and 3 s timed, tracing excluded), FLOPs of one step (counted from the traced graph by
+TensorFlow's profiler), the achieved GFLOP/s, the machine's dense matmul GFLOP/s in the step's
+compute dtype (float32, or bfloat16 under mixed_bfloat16) measured in the same process, their
+ratio, and the process's peak resident memory; then a markdown table of all cases.
 """
 
 from __future__ import annotations
@@ -27,20 +27,28 @@ SHAPES = {"digits": ((28, 28, 1), 10), "mnist": ((28, 28, 1), 10),
           "cifar10": ((32, 32, 3), 10), "tiny_imagenet": ((64, 64, 3), 200)}
 
 
-def matmul_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+MIN_SECONDS = 3.0  # each case times at least --steps steps and at least this long
+
+
+def matmul_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10,
+                  rounds: int = 3) -> float:
     """The machine's dense matmul rate in `dtype` (the step's compute dtype), the roofline the
-    train step is compared to; three untimed calls first, as the rate climbs while warming."""
+    train step is compared to: the best of `rounds` timings of `repeats` products, after three
+    untimed ones (the rate climbs while warming, and dips whenever anything else runs)."""
     import tensorflow as tf
 
     a = tf.cast(tf.random.normal([size, size]), dtype)
     product = tf.function(lambda m: tf.matmul(m, m))
     for _ in range(3):
         product(a).numpy()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = product(a)
-    out.numpy()
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = product(a)
+        out.numpy()
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def graph_flops(function, *args) -> int:
@@ -94,11 +102,12 @@ def measure(dataset: str, defense: str, batch_size: int, steps: int, jit_compile
     start = time.perf_counter()
     trainer.train_function(iterator)  # traces and compiles
     first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
+    start, timed = time.perf_counter(), 0
+    while timed < steps or time.perf_counter() - start < MIN_SECONDS:  # short steps: more
         logs = trainer.train_function(iterator)
-    float(next(iter(logs.values())))  # wait for the last step
-    seconds = (time.perf_counter() - start) / steps
+        float(next(iter(logs.values())))  # wait for the step
+        timed += 1
+    seconds = (time.perf_counter() - start) / timed
     achieved = flops / seconds / 1e9
     return {
         "dataset": dataset, "defense": defense, "batch_size": batch_size,

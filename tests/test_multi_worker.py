@@ -81,7 +81,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path):
     assert 'model_checkpoint_path: "ckpt-3"' in checkpoint
     assert not (out / "metrics.json").exists()
 
-    resumed = run_cluster("resume", args)
+    resumed = run_cluster("train", args)
     for worker in resumed:
         assert worker.returncode == 0, worker.stderr[-3000:]
         assert "resuming" in worker.stderr and "from epoch 1 (step 3)" in worker.stderr
@@ -93,6 +93,20 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path):
     assert (out / "export" / "classifier" / "1" / "saved_model.pb").exists()
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints", "config.json", "export", "logs", "metrics.json", "run.json"]
+
+
+@pytest.mark.slow
+def test_two_workers_train_l2lda(tmp_path):
+    # the learned defense: per-replica noise, synchronized CondBN, the generator's export
+    out = tmp_path / "run"
+    workers = run_cluster("train", [
+        "--dataset", "digits", "--defense", "l2lda", "--batch-size", "16", "--steps", "1",
+        "--eval-pgd-steps", "1", "--strategy", "multi_worker", "--out", str(out),
+        "--verbose", "0"])
+    for worker in workers:
+        assert worker.returncode == 0, worker.stderr[-3000:]
+    assert "steps=1" in workers[0].stdout
+    assert (out / "export" / "generator" / "1" / "saved_model.pb").exists()
 
 
 def test_multi_worker_needs_tf_config(monkeypatch):

@@ -159,6 +159,24 @@ def test_mixed_precision_trains_inside_the_threat_model(tiny_dataset, precision)
     assert keras.config.dtype_policy().name == "float32"
 
 
+def test_xla_trains_inside_the_threat_model(tiny_dataset):
+    trainer = build_trainer(tiny_config("l2lda", unroll_steps=2), 3, tiny_dataset.image_shape,
+                            steps_per_epoch=2, jit_compile=True)
+    x, y = first_batch(tiny_dataset)
+    before = [v.numpy().copy() for v in trainer.generator.trainable_variables]
+    history = trainer.fit(tf.data.Dataset.from_tensors((x, y)).repeat(2), epochs=1,
+                          steps_per_epoch=2, verbose=0, shuffle=False)
+    assert trainer.jit_compile
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    assert any(not np.allclose(a, b.numpy())
+               for a, b in zip(before, trainer.generator.trainable_variables))
+    attack = tf.function(lambda x, y, z: trainer.attack(x, y, z, EPSILON).images[-1],
+                         jit_compile=True)
+    x_adv = attack(x, y, tf.random.normal([8, trainer.generator.noise_dim])).numpy()
+    assert np.abs(x_adv - x.numpy()).max() <= EPSILON + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
 def test_unknown_precision(tiny_dataset):
     with pytest.raises(ValueError, match="unknown precision 'float8'"):
         build_trainer(tiny_config("plain"), 3, tiny_dataset.image_shape, 5, precision="float8")

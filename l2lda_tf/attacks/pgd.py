@@ -7,7 +7,7 @@ import tensorflow as tf
 from l2lda_tf.attacks.utils import keep_more_damaging, loss_and_input_gradient, margin, project
 
 # Up to this many steps the loop is unrolled into the graph, where the optimizer can fuse across
-# iterations: PGD-10 on LeNet-5 ran 25% faster than as a tf.while_loop (benchmarks.attacks).
+# iterations: as a tf.while_loop, PGD-10 on LeNet-5 took 42 ms per batch of 100 against 34 ms.
 UNROLLED_STEPS = 20
 
 

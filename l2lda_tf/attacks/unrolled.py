@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import NamedTuple
 
 import keras
@@ -28,7 +29,8 @@ def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, ep
     The losses stay differentiable in φ through δ across all steps, while ∇_t is a constant
     input (no second-order terms). One forward and one backward pass of f at x_t give both
     CE(f(x_t), y) and ∇_t, and since ∇_t is also that loss's gradient in x_t, backpropagation
-    reuses it instead of differentiating f again. `training` is the generator's mode; the
+    reuses it instead of differentiating f again (except in float16). `training` is the
+    generator's mode; the
     classifier is always in inference mode. `recompute` keeps only each step's inputs for the
     backward pass and reruns the generator there (`tf.recompute_grad`): less memory, one more
     generator forward pass per step.
@@ -41,6 +43,9 @@ def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, ep
         step = tf.cast(generator(features, y, noise, training=training), tf.float32)
         return tf.clip_by_value(delta + alpha * epsilon * step, -epsilon, epsilon)
 
+    # A float16 ∇_t was computed without loss scaling and may have underflowed: there the
+    # generator's gradient goes through f again, under the optimizer's loss scale.
+    reuse_gradient = getattr(classifier, "compute_dtype", "float32") != "float16"
     delta = tf.zeros_like(x)
     _, _, gradient = loss_and_input_gradient(classifier, x, y)
     images, losses = [], []
@@ -50,9 +55,9 @@ def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, ep
         x_t = tf.clip_by_value(x + delta, 0.0, 1.0)
         if t + 1 < steps:
             loss, _, gradient = loss_and_input_gradient(classifier, x_t, y)
-            # the value of CE(f(x_t), y), with ∂/∂x_t = ∇_t: f's backward pass, done once
-            loss = tf.stop_gradient(loss) + tf.reduce_sum(
-                gradient * (x_t - tf.stop_gradient(x_t)), axis=tf.range(1, tf.rank(x_t)))
+            if reuse_gradient:  # the value of CE(f(x_t), y), with ∂/∂x_t = ∇_t
+                loss = tf.stop_gradient(loss) + tf.reduce_sum(
+                    gradient * (x_t - tf.stop_gradient(x_t)), axis=tf.range(1, tf.rank(x_t)))
         else:  # the last input gradient feeds no step: left to backpropagation, if asked for
             loss = cross_entropy(y, classifier(x_t, training=False))
         images.append(x_t)
@@ -76,17 +81,29 @@ def recomputed(step, model):
     return tf.recompute_grad(once)
 
 
+# Layers inside a rerun, as id → [entries, momentum before the first]. Replicas trace in
+# threads of their own and share the layers, so the momentum is restored on the last exit only.
+_FROZEN: dict[int, list] = {}
+_FROZEN_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def frozen_moving_statistics(model):
     """Sets the momentum of `model`'s batch-norm layers to 1 (m ← 1·m + 0·batch statistic)
     for the ops built inside the block."""
     layers = [layer for layer in model._flatten_layers()
               if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 1.0
+    with _FROZEN_LOCK:
+        for layer in layers:
+            _FROZEN.setdefault(id(layer), [0, layer.momentum])[0] += 1
+            layer.momentum = 1.0
     try:
         yield
     finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
+        with _FROZEN_LOCK:
+            for layer in layers:
+                entry = _FROZEN[id(layer)]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    layer.momentum = entry[1]
+                    del _FROZEN[id(layer)]

@@ -111,6 +111,10 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"batch size {config.batch_size} does not split evenly over "
+                         f"{replicas} replicas; use a multiple of {replicas}")
     total_steps = config.epochs * steps_per_epoch
     warmup = clean_warmup_epochs(config, steps_per_epoch)
     previous_policy = keras.config.dtype_policy()
@@ -121,7 +125,7 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
             generator = build_generator(config, num_classes, image_shape)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    if strategy.num_replicas_in_sync > 1:
+    if replicas > 1:
         synchronize_batch_norm(classifier, generator)
     with strategy.scope():
         classifier_optimizer = sgd(config, config.f_lr, total_steps // 2, precision)
