@@ -107,6 +107,14 @@ class ProbeGenerator:
         return tf.tanh(tf.reduce_sum(features * self.weights[t], axis=-1, keepdims=True) * 5.0)
 
 
+def unroll_loss_and_gradient(classifier, probe, x, y):
+    """Σ_t mean CE of a 3-step unroll (ε = 0.3) and its gradient in the probe's weights."""
+    with tf.GradientTape() as tape:
+        unroll = unrolled_attack(classifier, probe, x, y, None, 0.3, steps=3, training=True)
+        loss = tf.add_n([tf.reduce_mean(loss) for loss in unroll.losses])
+    return loss, tape.gradient(loss, probe.weights)
+
+
 def test_generator_gradient_flows_through_delta_across_steps():
     classifier = smooth_classifier()
     x, y = batch()
@@ -124,16 +132,10 @@ def test_generator_gradient_is_not_taken_through_the_input_gradient():
     classifier = smooth_classifier()
     x, y = batch()
     probe = ProbeGenerator(steps=3)
-    with tf.GradientTape() as tape:
-        unroll = unrolled_attack(classifier, probe, x, y, None, 0.3, steps=3, training=True)
-        loss = tf.add_n([tf.reduce_mean(loss) for loss in unroll.losses])
-    ours = tape.gradient(loss, probe.weights)
+    loss, ours = unroll_loss_and_gradient(classifier, probe, x, y)
 
     probe.calls, probe.replay = 0, True
-    with tf.GradientTape() as tape:
-        unroll = unrolled_attack(classifier, probe, x, y, None, 0.3, steps=3, training=True)
-        replay_loss = tf.add_n([tf.reduce_mean(loss) for loss in unroll.losses])
-    constant_input = tape.gradient(replay_loss, probe.weights)
+    replay_loss, constant_input = unroll_loss_and_gradient(classifier, probe, x, y)
 
     np.testing.assert_allclose(loss.numpy(), replay_loss.numpy(), rtol=1e-6)
     for a, b in zip(ours, constant_input):
@@ -165,10 +167,7 @@ def test_generator_gradient_equals_differentiating_through_the_classifier():
     classifier = smooth_classifier()
     x, y = batch()
     probe = ProbeGenerator(steps=3)
-    with tf.GradientTape() as tape:
-        unroll = unrolled_attack(classifier, probe, x, y, None, 0.3, steps=3, training=True)
-        loss = tf.add_n([tf.reduce_mean(loss) for loss in unroll.losses])
-    ours = tape.gradient(loss, probe.weights)
+    loss, ours = unroll_loss_and_gradient(classifier, probe, x, y)
 
     probe.calls, probe.replay = 0, True
     with tf.GradientTape() as tape:
