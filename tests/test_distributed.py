@@ -21,6 +21,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from l2lda_tf.config import preset
 from l2lda_tf.data import training_batches
+from l2lda_tf.models import batch_norm_layers
 from l2lda_tf.trainers import build_trainer
 
 rng = np.random.default_rng(0)
@@ -42,8 +43,7 @@ def run(defense, strategy, steps, recompute=False):
     weights = [np.asarray(v.numpy()) for m in models if m is not None for v in m.weights]
     logs = {k: float(v[-1]) for k, v in history.history.items()}
     logs.update({f"momentum/{layer.name}": layer.momentum for m in models if m is not None
-                 for layer in m._flatten_layers()
-                 if isinstance(layer, keras.layers.BatchNormalization)})
+                 for layer in batch_norm_layers(m)})
     return int(trainer.optimizer.iterations.numpy()), logs, weights
 
 

@@ -6,10 +6,10 @@ import contextlib
 import threading
 from typing import NamedTuple
 
-import keras
 import tensorflow as tf
 
 from l2lda_tf.attacks.utils import cross_entropy, loss_and_input_gradient, normalize_gradient
+from l2lda_tf.models import batch_norm_layers
 
 
 class Unroll(NamedTuple):
@@ -91,8 +91,7 @@ _FROZEN_LOCK = threading.Lock()
 def frozen_moving_statistics(model):
     """Sets the momentum of `model`'s batch-norm layers to 1 (m ← 1·m + 0·batch statistic)
     for the ops built inside the block."""
-    layers = [layer for layer in model._flatten_layers()
-              if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = batch_norm_layers(model)
     with _FROZEN_LOCK:
         for layer in layers:
             _FROZEN.setdefault(id(layer), [0, layer.momentum])[0] += 1

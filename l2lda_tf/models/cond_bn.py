@@ -6,6 +6,12 @@ import keras
 import tensorflow as tf
 
 
+def batch_norm_layers(model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of `model`, nested ones (inside CondBN too) included."""
+    return [layer for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 @keras.saving.register_keras_serializable(package="l2lda_tf")
 class ConditionalBatchNormalization(keras.layers.Layer):
     """Normalizes like `BatchNormalization(center=False, scale=False)` and then applies the

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from l2lda_tf.config import TrainConfig
-from l2lda_tf.models import NoiseGenerator, build_classifier
+from l2lda_tf.models import NoiseGenerator, batch_norm_layers, build_classifier
 from l2lda_tf.trainers.base import Trainer, global_batch, minimize
 from l2lda_tf.trainers.baselines import PGDTrainer, PlainTrainer
 from l2lda_tf.trainers.learned import L2LDATrainer, L2LTrainer
@@ -35,8 +35,8 @@ def cpu_flags() -> set[str]:
 
 def auto_precision() -> str:
     """The dtype policy where mixed precision pays: mixed_bfloat16 on GPUs of compute capability
-    8.0 and up, and on CPUs with bfloat16 instructions (AVX512-BF16 or AMX; measured 1.36×
-    faster per L2L-DA step here); mixed_float16 on GPUs of capability 7.x; float32 otherwise."""
+    8.0 and up, and on CPUs with bfloat16 instructions (AVX512-BF16 or AMX; the L2L-DA step
+    measured 1.3× faster here); mixed_float16 on GPUs of capability 7.x; float32 otherwise."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         capability = min(tf.config.experimental.get_device_details(gpu).get(
@@ -84,9 +84,8 @@ def synchronize_batch_norm(*models) -> None:
     statistics of the global batch, all-reduced across replicas, as the reference's SyncBN did:
     with several replicas, each would otherwise see only its own share of the batch."""
     for model in models:
-        for layer in model._flatten_layers() if model is not None else ():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = True
+        for layer in batch_norm_layers(model) if model is not None else ():
+            layer.synchronized = True
 
 
 def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
