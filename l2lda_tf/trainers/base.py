@@ -58,7 +58,10 @@ class Trainer(keras.Model):
 
     Subclasses define `train_step`. A trainer is built and run inside `strategy.scope()`; each
     replica scales its loss by the global batch, so summed gradients are global means.
+    `generator` is the learned attacker of L2L and L2L-DA, None for the other defenses.
     """
+
+    generator = None
 
     def __init__(self, classifier: keras.Model, config: TrainConfig, steps_per_epoch: int,
                  clean_warmup_epochs: int = 0, **kwargs):
