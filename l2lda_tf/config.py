@@ -24,7 +24,10 @@ class TrainConfig:
     lam: float = 0.02  # λ, weight of the diversity term
     g_lr: float = 0.01
     f_lr: float = 0.01
-    lr_decay: float = 0.1  # γ: both learning rates are multiplied by it at half the steps
+    lr_decay: float = 0.1  # γ: the classifier's rate is multiplied by it at `lr_decay_step`
+    # the step (clean warm-up included) at which the classifier's rate drops by γ: None for half
+    # of the run's steps, 0 for never; the generator's rate stays constant (the authors' code)
+    lr_decay_step: int | None = None
     batch_size: int = 100
     epochs: int = 10
     steps_per_epoch: int | None = None  # None: one pass over the training split
@@ -52,6 +55,10 @@ class TrainConfig:
             raise ValueError(f"clean_share must be in [0, 1), got {self.clean_share}")
         if self.unroll_steps < 1 or self.pgd_steps < 1 or self.eval_pgd_steps < 1:
             raise ValueError("unroll_steps, pgd_steps and eval_pgd_steps must be positive")
+
+    def decay_step(self, total_steps: int) -> int:
+        """The step at which the classifier's rate drops by γ (0: never)."""
+        return total_steps // 2 if self.lr_decay_step is None else self.lr_decay_step
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
