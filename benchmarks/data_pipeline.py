@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from benchmarks.train_step import SHAPES, measure
 from l2lda_tf.config import preset
-from l2lda_tf.data import is_augmented, training_batches
+from l2lda_tf.data import augmentation_for, training_batches
 from l2lda_tf.data.tiny_imagenet import decode_jpegs
 
 TRAIN_SIZES = {"digits": 1437, "mnist": 60_000, "cifar10": 50_000, "tiny_imagenet": 100_000}
@@ -35,16 +35,16 @@ def pipeline_rate(dataset: str, batch_size: int, batches: int) -> dict:
     n = TRAIN_SIZES[dataset]
     images = rng.integers(0, 256, (n, height, width, channels), dtype=np.uint8)
     labels = rng.integers(0, num_classes, n)
-    augmented = is_augmented(dataset)
+    augmentation = augmentation_for(dataset)
     iterator = iter(training_batches(images, labels, batch_size, 0, 0, 1000,
-                                     augmented=augmented))
+                                     augmentation=augmentation))
     next(iterator)
     start = time.perf_counter()
     for _ in range(batches):
         x, _ = next(iterator)
     x.numpy()
     seconds = time.perf_counter() - start
-    return {"dataset": dataset, "augmented": augmented, "batch_size": batch_size,
+    return {"dataset": dataset, "augmented": augmentation is not None, "batch_size": batch_size,
             "pipeline_images_per_s": round(batches * batch_size / seconds, 1)}
 
 

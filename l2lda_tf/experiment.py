@@ -25,13 +25,13 @@ from l2lda_tf.checkpoints import CheckpointEachEpoch, Checkpointer
 from l2lda_tf.config import TrainConfig
 from l2lda_tf.data import (
     ImageDataset,
+    augmentation_for,
     eval_batches,
-    is_augmented,
     load_dataset,
     training_batches,
 )
 from l2lda_tf.export import export_trainer
-from l2lda_tf.monitoring import AdversarialImages
+from l2lda_tf.monitoring import AdversarialImages, StuckAttackerWarning
 from l2lda_tf.trainers import build_trainer
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done:
         keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
         AdversarialImages(log_dir, dataset.eval_images[:monitor] / 255.0,
                           dataset.eval_labels[:monitor], config.epsilon),
+        StuckAttackerWarning(),
         *callbacks,
     ]
     for adversarial, end in ((False, trainer.clean_warmup_epochs), (True, config.epochs)):
@@ -193,7 +194,7 @@ def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done:
         trainer.set_adversarial(adversarial)
         batches = training_batches(dataset.train_images, dataset.train_labels,
                                    config.batch_size, config.seed, done, end,
-                                   augmented=is_augmented(dataset.name))
+                                   augmentation=augmentation_for(dataset.name))
         trainer.fit(batches, epochs=end, initial_epoch=done, steps_per_epoch=steps_per_epoch,
                     validation_data=eval_data, callbacks=callbacks, verbose=verbose,
                     shuffle=False)

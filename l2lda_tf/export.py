@@ -88,7 +88,7 @@ def generator_module(classifier, generator, image_shape: Sequence[int], num_clas
         ]
         with tf.control_dependencies(checks):
             unroll = unrolled_attack(classifier, generator, images, labels, noise_from(seed),
-                                     epsilon, steps, alpha)
+                                     epsilon, steps=steps, alpha=alpha)
         adversarial = unroll.images[-1]
         return {"adversarial_images": adversarial, "noise": adversarial - images}
 

@@ -1,7 +1,9 @@
-"""TensorBoard image summaries: adversarial examples and their noises at the end of each epoch."""
+"""Watching training: adversarial examples and noises in TensorBoard each epoch, and a warning
+when the attacker of a learned defense gets no gradient."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import keras
@@ -39,3 +41,25 @@ class AdversarialImages(keras.callbacks.Callback):
                              image_grid(adversarial.numpy(), self.columns))
             tf.summary.image("noise", image_grid(((noise + 1) / 2).numpy(), self.columns))
         self.writer.flush()
+
+
+class StuckAttackerWarning(keras.callbacks.Callback):
+    """Warns after an adversarial epoch in which the generator's gradient norm (`g_grad_norm`,
+    averaged over the epoch) stayed below `threshold`: an over-confident classifier then gives
+    the attacker no signal, and it may never start (the authors' code stuck at 8e-4)."""
+
+    def __init__(self, threshold: float = 1e-3):
+        super().__init__()
+        self.threshold = threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        norm = (logs or {}).get("g_grad_norm")
+        if norm is None or not self.model.adversarial:
+            return
+        norm = float(np.asarray(norm).reshape(-1)[0])
+        if norm < self.threshold:
+            logging.getLogger("l2lda_tf").warning(
+                "epoch %d: the generator's gradient norm averaged %.1e (< %.0e); the attacker "
+                "may be stuck against an over-confident classifier: watch adv_acc, and consider "
+                "a shorter clean warm-up or a larger generator rate", epoch + 1, norm,
+                self.threshold)

@@ -21,7 +21,6 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from l2lda_tf.config import preset
 from l2lda_tf.data import training_batches
-from l2lda_tf.models import batch_norm_layers
 from l2lda_tf.trainers import build_trainer
 
 rng = np.random.default_rng(0)
@@ -38,12 +37,13 @@ def run(defense, strategy, steps, recompute=False):
     trainer = build_trainer(config, 3, (12, 12, 1), steps, strategy, recompute=recompute)
     history = trainer.fit(training_batches(images, labels, 8, 0, 0, 1), epochs=1,
                           steps_per_epoch=steps, verbose=0, shuffle=False)
-    models = [trainer.classifier, getattr(trainer, "generator", None)]
+    models = [trainer.classifier, trainer.generator]
     # all weights: trainable ones and the batch-norm moving statistics
     weights = [np.asarray(v.numpy()) for m in models if m is not None for v in m.weights]
     logs = {k: float(v[-1]) for k, v in history.history.items()}
-    logs.update({f"momentum/{layer.name}": layer.momentum for m in models if m is not None
-                 for layer in batch_norm_layers(m)})
+    if trainer.generator is not None:  # the recompute freeze leaves the momenta as they were
+        logs.update({f"momentum/{layer.name}": layer.momentum
+                     for layer in trainer.generator.batch_norms()})
     return int(trainer.optimizer.iterations.numpy()), logs, weights
 
 

@@ -7,6 +7,7 @@ from l2lda_tf.models import (
     ConditionalBatchNormalization,
     NoiseGenerator,
     build_classifier,
+    build_noise_generator,
 )
 
 
@@ -91,16 +92,37 @@ def test_conditional_batch_norm_uses_the_label():
     out = layer(x, labels, training=True).numpy()
     before = layer(x, tf.constant([0, 0, 0, 0, 1, 3]), training=True).numpy()
     np.testing.assert_allclose(out[[0, 2, 4, 5]], before[[0, 2, 4, 5]], atol=1e-5)
-    gamma_ratio = (layer.gamma[2] / layer.gamma[0]).numpy()
-    np.testing.assert_allclose(out[1], before[1] * gamma_ratio + 5.0, atol=1e-4)
+    gamma = layer.gamma.numpy() + layer.gamma_shared.numpy()
+    np.testing.assert_allclose(out[1], before[1] * gamma[2] / gamma[0] + 5.0, atol=1e-4)
+
+
+def test_conditional_batch_norm_adds_a_shared_row_to_each_class_row():
+    layer = ConditionalBatchNormalization(num_classes=50)
+    x = tf.random.normal([4, 3, 3, 64], seed=2)
+    labels = tf.constant([0, 1, 2, 3])
+    layer(x, labels)
+    # the authors' init: shared γ ~ N(1, 0.02), per-class γ ~ N(0, 0.02), β 0
+    assert abs(layer.gamma_shared.numpy().mean() - 1.0) < 0.01
+    assert abs(layer.gamma.numpy().mean()) < 0.005 and abs(layer.gamma.numpy().std() - 0.02) < 0.003
+    assert np.all(layer.beta.numpy() == 0) and np.all(layer.beta_shared.numpy() == 0)
+    normalized = layer.norm(x, training=True).numpy()
+    gamma = layer.gamma.numpy()[[0, 1, 2, 3]] + layer.gamma_shared.numpy()
+    np.testing.assert_allclose(layer(x, labels, training=True).numpy(),
+                               normalized * gamma[:, None, None, :], atol=1e-5)
+    # a step on the shared row moves every class: β_shared shifts all outputs
+    layer.beta_shared.assign(tf.fill([64], 2.0))
+    np.testing.assert_allclose(layer(x, labels, training=True).numpy(),
+                               normalized * gamma[:, None, None, :] + 2.0, atol=1e-5)
+    assert layer.epsilon == 1e-10 and layer.momentum == 0.9
 
 
 def test_conditional_batch_norm_has_no_affine_of_its_own_and_serializes():
-    layer = ConditionalBatchNormalization(num_classes=3)
+    layer = ConditionalBatchNormalization(num_classes=3, synchronized=True)
     layer(tf.zeros([2, 4, 4, 2]), tf.constant([0, 1]))
-    assert sorted(w.name for w in layer.trainable_weights) == ["beta", "gamma"]
+    assert sorted(w.name for w in layer.trainable_weights) == [
+        "beta", "beta_shared", "gamma", "gamma_shared"]
     clone = ConditionalBatchNormalization.from_config(layer.get_config())
-    assert clone.num_classes == 3
+    assert clone.num_classes == 3 and clone.synchronized and clone.norm.synchronized
 
 
 def test_generator_config_round_trip():
@@ -124,10 +146,44 @@ def test_classifiers(name, shape, classes, params):
     assert clone(x).shape == (2, classes)
 
 
-def test_classifier_normalizes_inside():
+def test_lenet_sees_raw_pixels_with_the_authors_initialisation():
     model = build_classifier("lenet5", 10, (28, 28, 1))
-    normalized = model.normalize(tf.fill([1, 28, 28, 1], 0.1307))
-    np.testing.assert_allclose(normalized.numpy(), 0.0, atol=1e-6)
+    assert not any("normal" in layer.name for layer in model.layers)
+    assert [layer.name for layer in model.body][:2] == ["conv1", "pool1"]
+    for name in ("conv1", "conv2", "conv3"):  # conv3: their conv(120, 5) as a dense layer
+        kernel = model.get_layer(name).kernel.numpy()
+        assert abs(kernel.std() - 0.02) < 0.004, name
+    # an all-zero image reaches conv1 as zeros: the logits are the biases' path alone (0)
+    np.testing.assert_allclose(model(tf.zeros([1, 28, 28, 1])).numpy(), 0.0, atol=1e-7)
+
+
+def test_resnet_batch_norm_uses_the_pytorch_settings():
+    model = build_classifier("resnet20", 10, (32, 32, 3), synchronized=True)
+    norms = [model.stem_bn] + [bn for block in model.stages for bn in (block.bn1, block.bn2)]
+    assert all((bn.momentum, bn.epsilon, bn.synchronized) == (0.9, 1e-5, True) for bn in norms)
+    # standardization stays inside the ResNets
+    np.testing.assert_allclose(model.normalize(tf.constant([[[[0.4914, 0.4822, 0.4465]]]])),
+                               0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,shape,classes", [
+    ("generator", (28, 28, 1), 10),
+    ("lenet5", (28, 28, 1), 10),
+    ("resnet20", (32, 32, 3), 10),
+    ("resnet18", (16, 16, 3), 5),
+])
+def test_keras_save_and_load_round_trip(tmp_path, name, shape, classes):
+    if name == "generator":
+        model = build_noise_generator(shape, classes, 8)
+        inputs = generator_inputs(shape)
+    else:
+        model = build_classifier(name, classes, shape)
+        inputs = (tf.random.uniform([2, *shape], seed=3),)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(loaded(*inputs).numpy(), model(*inputs).numpy(), atol=1e-5)
 
 
 def test_unknown_classifier():

@@ -1,9 +1,10 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2lda_tf.data import AUGMENTED, augment, is_augmented, training_batches
-from l2lda_tf.data.pipeline import PAD
+from l2lda_tf.data import Augmentation, augment, augmentation_for, training_batches
+from l2lda_tf.data.pipeline import PAD, rotation_transforms
 
 
 def crops_of(image: np.ndarray) -> dict[bytes, tuple[int, int, bool]]:
@@ -39,8 +40,12 @@ def test_augment_is_a_padded_crop_and_maybe_a_flip(noise_images):
     assert not np.array_equal(out, other)
 
 
+CROP_FLIP = Augmentation(crop=True, flip=True)
+
+
 def collect(images, labels, first, last, augmented):
-    batches = training_batches(images, labels, 8, 5, first, last, augmented=augmented)
+    batches = training_batches(images, labels, 8, 5, first, last,
+                               augmentation=CROP_FLIP if augmented else None)
     return [(x.numpy(), y.numpy()) for x, y in batches]
 
 
@@ -80,7 +85,41 @@ def test_unaugmented_batches_are_exact_pixels(noise_images):
         np.testing.assert_array_equal(labels[rows], y)
 
 
-def test_which_datasets_are_augmented():
-    assert AUGMENTED == ("cifar10", "tiny_imagenet")
-    assert is_augmented("cifar10") and is_augmented("tiny_imagenet")
-    assert not is_augmented("mnist") and not is_augmented("digits")
+def test_digits_are_cropped_but_never_flipped(noise_images):
+    images, _ = noise_images
+    out = augment(tf.constant(images), tf.constant([3, 4], tf.int64),
+                  augmentation_for("mnist")).numpy()
+    choices = [crops_of(image).get(result.tobytes()) for image, result in zip(images, out)]
+    assert None not in choices and not any(flip for _, _, flip in choices)
+    assert len({(top, left) for top, left, _ in choices}) > 10
+    assert augmentation_for("digits") == augmentation_for("mnist")
+
+
+def test_rotation_transform_turns_the_image_about_its_centre():
+    image = np.zeros((1, 9, 9, 1), np.float32)
+    image[0, 1, 4, 0] = 1.0  # a pixel straight above the centre (4, 4)
+    quarter = keras.ops.image.affine_transform(
+        tf.constant(image), rotation_transforms(tf.constant([np.pi / 2]), 9, 9),
+        interpolation="bilinear", fill_mode="constant")
+    np.testing.assert_allclose(quarter.numpy()[0, :, :, 0], np.rot90(image[0, :, :, 0], -1),
+                               atol=1e-5)
+    same = keras.ops.image.affine_transform(
+        tf.constant(image), rotation_transforms(tf.constant([0.0]), 9, 9))
+    np.testing.assert_allclose(same.numpy(), image, atol=1e-6)
+
+
+def test_tiny_imagenet_rotates_by_at_most_20_degrees_and_flips(noise_images):
+    tiny = augmentation_for("tiny_imagenet")
+    assert (tiny.crop, tiny.flip, tiny.rotation) == (False, True, 20.0)
+    disk = np.zeros((64, 33, 33, 1), np.uint8)
+    yy, xx = np.mgrid[:33, :33]
+    disk[:, (yy - 16) ** 2 + (xx - 16) ** 2 <= 100] = 255  # rotation-invariant content
+    bar = np.zeros_like(disk)
+    bar[:, 15:18, 4:29] = 255  # a horizontal bar: rotation tilts it
+    key = tf.constant([1, 2], tf.int64)
+    np.testing.assert_allclose(augment(tf.constant(disk), key, tiny).numpy(), disk, atol=128)
+    out = augment(tf.constant(bar), key, tiny).numpy()
+    ends = out[:, 8:25, 6] > 64  # column near the bar's left end: where the bar now is
+    rows = np.array([np.flatnonzero(e).mean() + 8 if e.any() else 16 for e in ends])
+    tilt = np.degrees(np.arctan2(np.abs(rows - 16), 10))
+    assert tilt.max() <= 21 and tilt.max() > 8  # up to ±20° and really rotated

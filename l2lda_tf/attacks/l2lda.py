@@ -10,30 +10,26 @@ import tensorflow as tf
 from l2lda_tf.attacks.generative import train_attacker
 from l2lda_tf.attacks.unrolled import unrolled_attack
 from l2lda_tf.attacks.utils import keep_more_damaging, margin
-from l2lda_tf.losses import pairwise_diversity
-from l2lda_tf.models import NoiseGenerator
+from l2lda_tf.losses import generator_loss
+from l2lda_tf.models import NoiseGenerator, build_noise_generator
+from l2lda_tf.optimizers import CoupledSGD
 
 
 def copy_generator(generator: NoiseGenerator, image_shape) -> NoiseGenerator:
-    """A new generator with the same configuration and weights (the run's stays untouched)."""
-    clone = NoiseGenerator.from_config(generator.get_config())
-    _build_generator(clone, image_shape)
+    """A new generator with the same configuration and weights (the run's stays untouched),
+    its batch norm unsynchronized: the attack runs on one device."""
+    clone = build_noise_generator(image_shape, generator.num_classes, generator.noise_dim)
     clone.set_weights(generator.get_weights())
     return clone
 
 
-def _build_generator(generator: NoiseGenerator, image_shape) -> None:
-    features = tf.zeros([1, *image_shape[:-1], 3 * image_shape[-1]])
-    noise = tf.zeros([1, generator.noise_dim]) if generator.noise_dim else None
-    generator(features, tf.zeros([1], tf.int32), noise)
-
-
 def attack_samples(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise: tf.Tensor, epsilon,
-                   steps: int = 10, alpha: float = 0.25) -> tf.Tensor:
+                   *, steps: int = 10, alpha: float = 0.25) -> tf.Tensor:
     """x_T for each of S noise samples: noise [S, N, d] → images [S, N, H, W, C] (generator in
     inference mode)."""
     return tf.map_fn(
-        lambda z: unrolled_attack(classifier, generator, x, y, z, epsilon, steps, alpha).images[-1],
+        lambda z: unrolled_attack(classifier, generator, x, y, z, epsilon, steps=steps,
+                                  alpha=alpha).images[-1],
         noise, fn_output_signature=tf.float32)
 
 
@@ -58,8 +54,7 @@ class L2LDAAttack(keras.Model):
         if not 0 < epsilon <= 1:
             raise ValueError(f"epsilon must be in (0, 1] for images in [0, 1], got {epsilon}")
         if generator is None:
-            generator = NoiseGenerator(image_shape[-1], num_classes, noise_dim, name="generator")
-            _build_generator(generator, image_shape)
+            generator = build_noise_generator(image_shape, num_classes, noise_dim)
         else:
             generator = copy_generator(generator, image_shape)
         if not generator.noise_dim:
@@ -81,8 +76,7 @@ class L2LDAAttack(keras.Model):
         return [self.gen_ce]
 
     def compile(self, optimizer=None, **kwargs):
-        optimizer = optimizer or keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=1e-5,
-                                                      global_clipnorm=1.0)
+        optimizer = optimizer or CoupledSGD(0.01, momentum=0.9, l2=1e-5, global_clipnorm=1.0)
         super().compile(optimizer=optimizer, **kwargs)
 
     def train_step(self, data):
@@ -91,10 +85,9 @@ class L2LDAAttack(keras.Model):
         noise = self.rng.normal([tf.shape(x2)[0], self.generator.noise_dim])
         with tf.GradientTape() as tape:
             unroll = unrolled_attack(self.classifier, self.generator, x2, y2, noise,
-                                     self.epsilon, self.unroll_steps, self.alpha, training=True)
-            ce = tf.add_n(unroll.losses)
-            diversity = tf.add_n([pairwise_diversity(x_t, noise) for x_t in unroll.images])
-            loss = -tf.reduce_mean(ce) - self.lam * tf.reduce_mean(diversity)
+                                     self.epsilon, steps=self.unroll_steps, alpha=self.alpha,
+                                     training=True)
+            loss, ce, _ = generator_loss(unroll, noise, self.lam, tf.shape(x2)[0])
         variables = self.generator.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         self.gen_ce.update_state(ce / self.unroll_steps)
@@ -114,7 +107,7 @@ class L2LDAAttack(keras.Model):
         def body(s, best, best_margin):
             x_t = unrolled_attack(self.classifier, self.generator, x, y,
                                   self.rng.normal(noise_shape), self.epsilon,
-                                  self.unroll_steps, self.alpha).images[-1]
+                                  steps=self.unroll_steps, alpha=self.alpha).images[-1]
             best, best_margin = keep_more_damaging(
                 best, best_margin, x_t, margin(y, self.classifier(x_t, training=False)))
             return s + 1, best, best_margin

@@ -17,20 +17,23 @@ def default_step_size(epsilon, steps: int):
 
 
 def pgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, steps: int = 10, step_size=None,
-        random_start: bool = True, keep_best: bool = True) -> tf.Tensor:
+        random_start: bool = True, keep_best: bool = True, seed=None) -> tf.Tensor:
     """PGD-k on the cross-entropy of `model` (logits), white-box, ℓ∞ radius ε, pixels in [0, 1].
 
     Starts uniformly in the ball, takes k signed-gradient steps of `step_size` (default
     `default_step_size`), projecting after each. With `keep_best`, each example's most damaging
     iterate (largest logit margin, so misclassified if any iterate was) is returned instead of the
     last one; adversarial training uses the last one (`keep_best=False`), as Madry et al. did.
+    `seed` (shape [2]) draws the random start statelessly, so an evaluation repeats exactly.
     """
     x = tf.cast(x, tf.float32)
     epsilon = tf.cast(epsilon, tf.float32)
     step_size = default_step_size(epsilon, steps) if step_size is None else step_size
     x_adv = x
     if random_start:
-        x_adv = project(x + tf.random.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon)
+        start = (tf.random.uniform(tf.shape(x), -epsilon, epsilon) if seed is None else
+                 tf.random.stateless_uniform(tf.shape(x), seed, -epsilon, epsilon))
+        x_adv = project(x + start, x, epsilon)
     best, best_margin = x_adv, tf.fill(tf.shape(y), -float("inf"))
 
     def step(i, x_adv, best, best_margin):

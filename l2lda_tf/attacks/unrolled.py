@@ -1,15 +1,12 @@
-"""The T-step recurrent attack of L2L-DA (ALGORITHM.md, "One unrolled attack")."""
+"""The T-step recurrent attack of L2L-DA (docs/algorithm.md, "The unrolled attack")."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from typing import NamedTuple
 
 import tensorflow as tf
 
 from l2lda_tf.attacks.utils import cross_entropy, loss_and_input_gradient, normalize_gradient
-from l2lda_tf.models import batch_norm_layers
 
 
 class Unroll(NamedTuple):
@@ -19,9 +16,9 @@ class Unroll(NamedTuple):
     losses: list[tf.Tensor]
 
 
-def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, epsilon,
+def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, epsilon, *,
                     steps: int = 10, alpha: float = 0.25, training: bool = False,
-                    recompute: bool = False) -> Unroll:
+                    recompute: bool = False, gradient_scale=None) -> Unroll:
     """Runs δ_0 = 0; o_t = g(x ‖ δ_t ‖ ∇̃_t, y, z); δ_{t+1} = clip(δ_t + α·ε·o_t, −ε, ε);
     x_{t+1} = clip(x + δ_{t+1}, 0, 1), with ∇_t = ∂CE(f(x_t), y)/∂x_t from the classifier in
     inference mode.
@@ -29,11 +26,11 @@ def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, ep
     The losses stay differentiable in φ through δ across all steps, while ∇_t is a constant
     input (no second-order terms). One forward and one backward pass of f at x_t give both
     CE(f(x_t), y) and ∇_t, and since ∇_t is also that loss's gradient in x_t, backpropagation
-    reuses it instead of differentiating f again (except in float16). `training` is the
-    generator's mode; the
+    reuses it instead of differentiating f again. `training` is the generator's mode; the
     classifier is always in inference mode. `recompute` keeps only each step's inputs for the
     backward pass and reruns the generator there (`tf.recompute_grad`): less memory, one more
-    generator forward pass per step.
+    generator forward pass per step. `gradient_scale` is the loss scale of a float16
+    classifier, under which ∇_t is computed so that it does not underflow.
     """
     x = tf.cast(x, tf.float32)
     epsilon = tf.cast(epsilon, tf.float32)
@@ -43,21 +40,18 @@ def unrolled_attack(classifier, generator, x: tf.Tensor, y: tf.Tensor, noise, ep
         step = tf.cast(generator(features, y, noise, training=training), tf.float32)
         return tf.clip_by_value(delta + alpha * epsilon * step, -epsilon, epsilon)
 
-    # A float16 ∇_t was computed without loss scaling and may have underflowed: there the
-    # generator's gradient goes through f again, under the optimizer's loss scale.
-    reuse_gradient = getattr(classifier, "compute_dtype", "float32") != "float16"
     delta = tf.zeros_like(x)
-    _, _, gradient = loss_and_input_gradient(classifier, x, y)
+    _, _, gradient = loss_and_input_gradient(classifier, x, y, scale=gradient_scale)
     images, losses = [], []
     for t in range(steps):
         delta = (recomputed(generator_step, generator) if recompute else generator_step)(
             delta, gradient)
         x_t = tf.clip_by_value(x + delta, 0.0, 1.0)
         if t + 1 < steps:
-            loss, _, gradient = loss_and_input_gradient(classifier, x_t, y)
-            if reuse_gradient:  # the value of CE(f(x_t), y), with ∂/∂x_t = ∇_t
-                loss = tf.stop_gradient(loss) + tf.reduce_sum(
-                    gradient * (x_t - tf.stop_gradient(x_t)), axis=tf.range(1, tf.rank(x_t)))
+            loss, _, gradient = loss_and_input_gradient(classifier, x_t, y, scale=gradient_scale)
+            # the value of CE(f(x_t), y), with ∂/∂x_t = ∇_t
+            loss = tf.stop_gradient(loss) + tf.reduce_sum(
+                gradient * (x_t - tf.stop_gradient(x_t)), axis=tf.range(1, tf.rank(x_t)))
         else:  # the last input gradient feeds no step: left to backpropagation, if asked for
             loss = cross_entropy(y, classifier(x_t, training=False))
         images.append(x_t)
@@ -75,34 +69,7 @@ def recomputed(step, model):
         if not calls:
             calls.append("forward")
             return step(*args)
-        with frozen_moving_statistics(model):
+        with model.frozen_moving_statistics():
             return step(*args)
 
     return tf.recompute_grad(once)
-
-
-# Layers inside a rerun, as id → [entries, momentum before the first]. Replicas trace in
-# threads of their own and share the layers, so the momentum is restored on the last exit only.
-_FROZEN: dict[int, list] = {}
-_FROZEN_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def frozen_moving_statistics(model):
-    """Sets the momentum of `model`'s batch-norm layers to 1 (m ← 1·m + 0·batch statistic)
-    for the ops built inside the block."""
-    layers = batch_norm_layers(model)
-    with _FROZEN_LOCK:
-        for layer in layers:
-            _FROZEN.setdefault(id(layer), [0, layer.momentum])[0] += 1
-            layer.momentum = 1.0
-    try:
-        yield
-    finally:
-        with _FROZEN_LOCK:
-            for layer in layers:
-                entry = _FROZEN[id(layer)]
-                entry[0] -= 1
-                if entry[0] == 0:
-                    layer.momentum = entry[1]
-                    del _FROZEN[id(layer)]

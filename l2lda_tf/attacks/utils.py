@@ -26,17 +26,24 @@ def margin(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return other_logit - true_logit
 
 
-def loss_and_input_gradient(model, x: tf.Tensor, y: tf.Tensor, training: bool = False):
+def loss_and_input_gradient(model, x: tf.Tensor, y: tf.Tensor, training: bool = False,
+                            scale=None):
     """Per-example CE of `model` at `x` and its gradient ∂CE/∂x, the model in inference mode.
 
     The gradient is returned behind `tf.stop_gradient`: callers feed it to attackers as a
-    constant input, while the loss itself stays differentiable with respect to `x`.
+    constant input, while the loss itself stays differentiable with respect to `x`. `scale`
+    multiplies the loss before differentiation and divides the gradient after, as a loss scale
+    does: a float16 model's small gradients would otherwise underflow to zero.
     """
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = model(x, training=training)
         loss = cross_entropy(y, logits)
-    return loss, logits, tf.stop_gradient(tape.gradient(loss, x))
+        scaled = loss if scale is None else loss * tf.cast(scale, loss.dtype)
+    gradient = tape.gradient(scaled, x)
+    if scale is not None:
+        gradient = gradient / tf.cast(scale, gradient.dtype)
+    return loss, logits, tf.stop_gradient(gradient)
 
 
 def normalize_gradient(gradient: tf.Tensor, stabilizer: float = 1e-15) -> tf.Tensor:

@@ -8,7 +8,14 @@ from l2lda_tf.data.cifar10 import load_cifar10_local, load_cifar10_tfds, read_ci
 from l2lda_tf.data.dataset import ImageDataset
 from l2lda_tf.data.digits import load_digits
 from l2lda_tf.data.mnist import load_mnist_idx, load_mnist_tfds, read_idx
-from l2lda_tf.data.pipeline import augment, eval_batches, training_batches
+from l2lda_tf.data.pipeline import (
+    AUGMENTATIONS,
+    Augmentation,
+    augment,
+    augmentation_for,
+    eval_batches,
+    training_batches,
+)
 from l2lda_tf.data.tiny_imagenet import (
     load_tiny_imagenet,
     load_tiny_imagenet_folder,
@@ -16,9 +23,6 @@ from l2lda_tf.data.tiny_imagenet import (
 )
 
 DATASETS = ("digits", "mnist", "cifar10", "tiny_imagenet")
-# Natural images train with random 4-pixel-padded crops and horizontal flips; digits do not
-# (a flipped or shifted digit can be another digit).
-AUGMENTED = ("cifar10", "tiny_imagenet")
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
@@ -35,13 +39,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
     raise ValueError(f"unknown dataset {name!r}; known datasets: {list(DATASETS)}")
 
 
-def is_augmented(name: str) -> bool:
-    """Whether training batches of dataset `name` get random crops and flips."""
-    return name in AUGMENTED
-
-
 __all__ = [
-    "AUGMENTED", "DATASETS", "ImageDataset", "augment", "eval_batches", "is_augmented",
+    "AUGMENTATIONS", "Augmentation", "DATASETS", "ImageDataset", "augment", "augmentation_for",
+    "eval_batches",
     "load_cifar10_local", "load_cifar10_tfds", "load_dataset", "load_digits", "load_mnist_idx",
     "load_mnist_tfds", "load_tiny_imagenet", "load_tiny_imagenet_folder",
     "load_tiny_imagenet_tfds", "read_cifar_batch", "read_idx", "training_batches",

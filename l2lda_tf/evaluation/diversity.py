@@ -74,7 +74,7 @@ def diversity_figure(classifier, generator, images: np.ndarray, labels: np.ndarr
     x = tf.constant(x, tf.float32) / 255.0
     noise = noise_samples(generator, samples, len(y), seed)
     adversarial = attack_samples(classifier, generator, x, tf.constant(y), noise, epsilon,
-                                 steps, alpha).numpy()
+                                 steps=steps, alpha=alpha).numpy()
     perturbations = adversarial - x.numpy()[None]
     return diversity_grid(adversarial, perturbations, epsilon), noise_diversity(perturbations)
 
@@ -88,7 +88,8 @@ def diversity_on(classifier, generator, images: np.ndarray, labels: np.ndarray,
         x = tf.constant(images[start:start + batch_size], tf.float32) / 255.0
         y = tf.constant(labels[start:start + batch_size])
         noise = noise_samples(generator, samples, len(y), seed + start)
-        adversarial = attack_samples(classifier, generator, x, y, noise, epsilon, steps, alpha)
+        adversarial = attack_samples(classifier, generator, x, y, noise, epsilon, steps=steps,
+                                     alpha=alpha)
         total += noise_diversity((adversarial - x[None]).numpy()) * len(y)
         count += len(y)
     return total / count

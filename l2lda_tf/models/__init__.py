@@ -10,10 +10,10 @@ from l2lda_tf.models.classifiers import (
     resnet18,
     resnet20,
 )
-from l2lda_tf.models.cond_bn import ConditionalBatchNormalization, batch_norm_layers
-from l2lda_tf.models.generator import NoiseGenerator
+from l2lda_tf.models.cond_bn import ConditionalBatchNormalization
+from l2lda_tf.models.generator import NoiseGenerator, build_noise_generator
 
 __all__ = [
     "CLASSIFIERS", "BasicBlock", "ConditionalBatchNormalization", "LeNet5", "NoiseGenerator",
-    "ResNet", "batch_norm_layers", "build_classifier", "lenet5", "resnet18", "resnet20",
+    "ResNet", "build_classifier", "build_noise_generator", "lenet5", "resnet18", "resnet20",
 ]

@@ -10,7 +10,8 @@ import keras
 import tensorflow as tf
 
 from l2lda_tf.config import TrainConfig
-from l2lda_tf.models import NoiseGenerator, batch_norm_layers, build_classifier
+from l2lda_tf.models import build_classifier, build_noise_generator
+from l2lda_tf.optimizers import sgd
 from l2lda_tf.trainers.base import Trainer, global_batch, minimize
 from l2lda_tf.trainers.baselines import PGDTrainer, PlainTrainer
 from l2lda_tf.trainers.learned import L2LDATrainer, L2LTrainer
@@ -47,45 +48,15 @@ def auto_precision() -> str:
     return "mixed_bfloat16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
-def sgd(config: TrainConfig, learning_rate: float, decay_at_step: int,
-        precision: str = "float32") -> keras.optimizers.Optimizer:
-    """SGD with momentum and weight decay; the rate drops by γ once, at `decay_at_step`.
-
-    Keras applies weight decay decoupled (w ← w − lr·wd·w), which for SGD equals the L2 term
-    of the reference implementation up to its interaction with momentum. Gradients are clipped
-    by the trainers (`minimize`), not here: Keras would clip per replica. Under mixed_float16
-    the optimizer is wrapped in a LossScaleOptimizer.
-    """
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [max(decay_at_step, 1)], [learning_rate, learning_rate * config.lr_decay]
-    )
-    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                     weight_decay=config.weight_decay)
-    if precision == "mixed_float16":
-        return keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def build_generator(config: TrainConfig, num_classes: int, image_shape: Sequence[int]):
-    """The attacker of a learned defense, with its weights created (None for other defenses)."""
+def build_generator(config: TrainConfig, num_classes: int, image_shape: Sequence[int],
+                    synchronized: bool = False):
+    """The attacker of a learned defense, with its weights created (None for other defenses).
+    L2L's attacker has no noise and never sees the label."""
     if config.defense not in ("l2l", "l2lda"):
         return None
     l2l = config.defense == "l2l"
-    generator = NoiseGenerator(image_shape[-1], num_classes=None if l2l else num_classes,
-                               noise_dim=0 if l2l else config.noise_dim, name="generator")
-    features = tf.zeros([1, *image_shape[:-1], 3 * image_shape[-1]])
-    noise = None if l2l else tf.zeros([1, config.noise_dim])
-    generator(features, tf.zeros([1], tf.int32), noise)
-    return generator
-
-
-def synchronize_batch_norm(*models) -> None:
-    """Makes every BatchNormalization layer (those inside CondBN too) normalize with the
-    statistics of the global batch, all-reduced across replicas, as the reference's SyncBN did:
-    with several replicas, each would otherwise see only its own share of the batch."""
-    for model in models:
-        for layer in batch_norm_layers(model) if model is not None else ():
-            layer.synchronized = True
+    return build_noise_generator(image_shape, None if l2l else num_classes,
+                                 0 if l2l else config.noise_dim, synchronized)
 
 
 def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -120,23 +91,29 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
     try:
         keras.config.set_dtype_policy(precision)
         with strategy.scope():
-            classifier = build_classifier(config.classifier, num_classes, image_shape)
-            generator = build_generator(config, num_classes, image_shape)
+            # with several replicas, batch norm all-reduces its statistics (the authors' SyncBN)
+            classifier = build_classifier(config.classifier, num_classes, image_shape,
+                                          synchronized=replicas > 1)
+            generator = build_generator(config, num_classes, image_shape, replicas > 1)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    if replicas > 1:
-        synchronize_batch_norm(classifier, generator)
     with strategy.scope():
-        classifier_optimizer = sgd(config, config.f_lr, total_steps // 2, precision)
+        # evaluation always runs the classifier in float32
+        eval_classifier = None if precision == "float32" else build_classifier(
+            config.classifier, num_classes, image_shape)
+        # only the classifier's rate decays: the attacker keeps adapting (the authors' code)
+        classifier_optimizer = sgd(config, config.f_lr, config.decay_step(total_steps),
+                                   precision)
         cls = TRAINERS[config.defense]
         if generator is None:
-            trainer = cls(classifier, config, steps_per_epoch, warmup, name=config.defense)
+            trainer = cls(classifier, config, steps_per_epoch, warmup,
+                          eval_classifier=eval_classifier, name=config.defense)
             trainer.compile(optimizer=classifier_optimizer, jit_compile=jit_compile)
         else:
-            generator_optimizer = sgd(config, config.g_lr,
-                                      total_steps // 2 - warmup * steps_per_epoch, precision)
+            generator_optimizer = sgd(config, config.g_lr, precision=precision)
             trainer = cls(classifier, generator, config, steps_per_epoch, warmup,
-                          recompute=recompute, name=config.defense)
+                          recompute=recompute, eval_classifier=eval_classifier,
+                          name=config.defense)
             trainer.compile(classifier_optimizer, generator_optimizer, jit_compile=jit_compile)
             generator_optimizer.build(generator.trainable_variables)
         classifier_optimizer.build(classifier.trainable_variables)
@@ -146,5 +123,5 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
 __all__ = [
     "PRECISIONS", "TRAINERS", "L2LDATrainer", "L2LTrainer", "PGDTrainer", "PlainTrainer",
     "Trainer", "auto_precision", "build_generator", "build_trainer", "clean_warmup_epochs",
-    "cpu_flags", "global_batch", "minimize", "sgd", "synchronize_batch_norm",
+    "cpu_flags", "global_batch", "minimize", "sgd",
 ]

@@ -27,8 +27,9 @@ def step_logs(metrics) -> dict:
 
 
 def minimize(optimizer, tape: tf.GradientTape, loss: tf.Tensor, variables,
-             clip_norm: float) -> None:
-    """One optimizer step on ∂loss/∂variables, clipped to global norm `clip_norm`.
+             clip_norm: float) -> tf.Tensor:
+    """One optimizer step on ∂loss/∂variables, clipped to global norm `clip_norm`; returns the
+    gradient's global norm before clipping.
 
     Keras clips inside `apply_gradients` *before* it sums the replicas' gradients, which with
     several replicas clips each partial gradient by its own norm. Here the clip factor comes
@@ -50,11 +51,22 @@ def minimize(optimizer, tape: tf.GradientTape, loss: tf.Tensor, variables,
         norm = norm / tf.cast(scale, norm.dtype)
     factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
     optimizer.apply_gradients(zip([g * factor for g in gradients], variables))
+    return norm
+
+
+def loss_scale(optimizer) -> tf.Tensor | None:
+    """The dynamic loss scale of a LossScaleOptimizer (mixed_float16), None otherwise."""
+    return getattr(optimizer, "dynamic_scale", None)
 
 
 class Trainer(keras.Model):
     """A defense as a Keras model: `fit` trains `classifier`, `evaluate` reports clean accuracy
     and accuracy under PGD-k (k = `config.eval_pgd_steps`) at the full ε.
+
+    Evaluation runs `eval_classifier`, a float32 twin of a mixed-precision classifier (the
+    classifier itself otherwise) that takes its weights at the start of each `evaluate`, and
+    draws PGD's random starts from (seed, batch), so the same weights always give the same
+    figures.
 
     Subclasses define `train_step`. A trainer is built and run inside `strategy.scope()`; each
     replica scales its loss by the global batch, so summed gradients are global means.
@@ -64,9 +76,12 @@ class Trainer(keras.Model):
     generator = None
 
     def __init__(self, classifier: keras.Model, config: TrainConfig, steps_per_epoch: int,
-                 clean_warmup_epochs: int = 0, **kwargs):
+                 clean_warmup_epochs: int = 0, eval_classifier: keras.Model | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
+        self.eval_classifier = eval_classifier or classifier
+        self.eval_batch = tf.Variable(0, dtype=tf.int64, trainable=False, name="eval_batch")
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.clean_warmup_epochs = clean_warmup_epochs
@@ -130,9 +145,18 @@ class Trainer(keras.Model):
         """Adversarial images for monitoring (TensorBoard); PGD-k at the full ε by default."""
         return pgd(self.classifier, x, y, self.config.epsilon, steps=self.config.eval_pgd_steps)
 
+    def evaluate(self, *args, **kwargs):
+        if self.eval_classifier is not self.classifier:
+            self.eval_classifier.set_weights(self.classifier.get_weights())
+        self.eval_batch.assign(0)
+        return super().evaluate(*args, **kwargs)
+
     def test_step(self, data):
         x, y = data
-        self.clean_acc.update_state(y, self.classifier(x, training=False))
-        x_adv = pgd(self.classifier, x, y, self.config.epsilon, steps=self.config.eval_pgd_steps)
-        self.pgd_acc.update_state(y, self.classifier(x_adv, training=False))
+        classifier = self.eval_classifier
+        self.clean_acc.update_state(y, classifier(x, training=False))
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), self.eval_batch.assign_add(1)])
+        x_adv = pgd(classifier, x, y, self.config.epsilon, steps=self.config.eval_pgd_steps,
+                    seed=seed)
+        self.pgd_acc.update_state(y, classifier(x_adv, training=False))
         return step_logs((self.clean_acc, self.pgd_acc))

@@ -7,17 +7,21 @@ import tensorflow as tf
 
 from l2lda_tf.attacks import unrolled_attack
 from l2lda_tf.config import TrainConfig
-from l2lda_tf.losses import pairwise_diversity
-from l2lda_tf.trainers.base import Trainer, global_batch, minimize, step_logs
+from l2lda_tf.losses import generator_loss
+from l2lda_tf.trainers.base import Trainer, global_batch, loss_scale, minimize, step_logs
 
 
 class L2LDATrainer(Trainer):
     """L2L-DA: a noise-conditioned recurrent generator and the classifier, trained in turn.
 
-    Each step (ALGORITHM.md, "One training step"): duplicate the batch with two independent z
-    per image; run the T-step unroll (generator training mode, classifier inference mode);
-    update φ on L_g = Σ_t [−CE(f(x_t), y) − λ·D_t]; then update θ once on the N clean plus
-    2N final adversarial images.
+    Each step (docs/algorithm.md, "One training step"): duplicate the batch with two
+    independent z per image; run the T-step unroll (generator training mode, classifier
+    inference mode); update φ on L_g = Σ_t [−CE(f(x_t), y) − λ·D_t]; then update θ once on the
+    N clean plus 2N final adversarial images.
+
+    Logged besides the losses, to see a stuck attacker: `adv_acc` (the classifier on the
+    generator's images), `delta` (mean |x_T − x| / ε) and `g_grad_norm` (the generator's
+    gradient norm before clipping).
     """
 
     paired = True  # duplicate the batch so that D_t compares two z on the same image
@@ -30,10 +34,13 @@ class L2LDATrainer(Trainer):
         self.rng = tf.random.Generator.from_seed(config.seed)
         self.gen_ce = keras.metrics.Mean(name="gen_ce")
         self.diversity = keras.metrics.Mean(name="diversity")
+        self.delta = keras.metrics.Mean(name="delta")
+        self.g_grad_norm = keras.metrics.Mean(name="g_grad_norm")
 
     @property
     def metrics(self):
-        return [*super().metrics, self.gen_ce, *([self.diversity] if self.paired else [])]
+        return [*super().metrics, self.gen_ce, *([self.diversity] if self.paired else []),
+                self.delta, self.g_grad_norm]
 
     @property
     def unroll_steps(self) -> int:
@@ -74,7 +81,8 @@ class L2LDATrainer(Trainer):
     def attack(self, x, y, noise, epsilon, training=False):
         return unrolled_attack(self.classifier, self.generator, x, y, noise, epsilon,
                                steps=self.unroll_steps, alpha=self.alpha, training=training,
-                               recompute=self.recompute and training)
+                               recompute=self.recompute and training,
+                               gradient_scale=loss_scale(self.optimizer))
 
     def train_step(self, data):
         if not self.adversarial:
@@ -82,16 +90,13 @@ class L2LDATrainer(Trainer):
         x, y = data
         x_g, y_g = (tf.concat([x, x], 0), tf.concat([y, y], 0)) if self.paired else (x, y)
         noise = self.step_noise(tf.shape(x)[0]) if self.paired else None
+        epsilon = self.epsilon_now()
         with tf.GradientTape() as tape:
-            unroll = self.attack(x_g, y_g, noise, self.epsilon_now(), training=True)
-            ce = tf.add_n(unroll.losses)  # Σ_t CE(f(x_t), y) per example
-            generator_loss = -tf.reduce_sum(ce) / global_batch(tf.shape(x_g)[0])
-            if self.paired:
-                diversity = tf.add_n([pairwise_diversity(x_t, noise) for x_t in unroll.images])
-                generator_loss -= (self.config.lam * tf.reduce_sum(diversity)
-                                   / global_batch(tf.shape(x)[0]))
-        minimize(self.generator_optimizer, tape, generator_loss,
-                 self.generator.trainable_variables, self.config.clip_norm)
+            unroll = self.attack(x_g, y_g, noise, epsilon, training=True)
+            loss, ce, diversity = generator_loss(unroll, noise, self.config.lam,
+                                                 global_batch(tf.shape(x_g)[0]))
+        g_norm = minimize(self.generator_optimizer, tape, loss,
+                          self.generator.trainable_variables, self.config.clip_norm)
 
         x_adv = tf.stop_gradient(unroll.images[-1])
         n = tf.shape(x)[0]
@@ -99,11 +104,12 @@ class L2LDATrainer(Trainer):
         self.clean_acc.update_state(y, logits[:n])
         self.adv_acc.update_state(y_g, logits[n:])
         self.gen_ce.update_state(ce / len(unroll.losses))
-        logged = [self.loss_tracker, self.clean_acc, self.adv_acc, self.gen_ce]
-        if self.paired:
+        if diversity is not None:
             self.diversity.update_state(diversity / len(unroll.images))
-            logged.append(self.diversity)
-        return step_logs(logged)
+        self.delta.update_state(tf.reduce_mean(tf.abs(x_adv - x_g), axis=[1, 2, 3])
+                                / tf.maximum(epsilon, 1e-12))
+        self.g_grad_norm.update_state(g_norm)
+        return step_logs([m for m in self.metrics if m is not self.pgd_acc])
 
     def adversarial_examples(self, x, y):
         """The generator's attack in inference mode with fresh noise (for monitoring)."""
