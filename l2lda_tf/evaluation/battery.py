@@ -87,12 +87,13 @@ def gradient_attack(name: str, model: keras.Model, settings: AttackSettings) -> 
         return tf.function(lambda x, y: fgsm(model, x, y, eps))
     if name.startswith("pgd"):
         steps = int(name[3:])
+        size = default_step_size(eps, steps)
         return tf.function(lambda x, y: most_damaging(
-            model, x, y, pgd(model, x, y, eps, steps, default_step_size(eps, steps))))
+            model, x, y, pgd(model, x, y, eps, steps=steps, step_size=size)))
     if name.startswith("cw"):
         steps = int(name[2:])
-        return tf.function(lambda x, y: cw_linf(model, x, y, eps, steps, 0.0,
-                                                settings.cw_learning_rate))
+        return tf.function(lambda x, y: cw_linf(
+            model, x, y, eps, steps=steps, kappa=0.0, learning_rate=settings.cw_learning_rate))
     raise ValueError(f"{name!r} is not a gradient attack")
 
 
