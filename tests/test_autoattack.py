@@ -2,12 +2,13 @@
 ℓ∞ boundary projection, and, on a small trained digits model, comparisons with IBM ART and
 a gradient-masked model."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.optimize import linprog
 
-from l2lda_tf.attacks import apgd, dlr_loss, fab_targeted, margin, square
+from l2lda_tf.attacks import apgd, dlr_loss, fab_targeted, margin, pgd, square
 from l2lda_tf.attacks.apgd import checkpoints
 from l2lda_tf.attacks.fab import project_linf_onto_hyperplane
 from l2lda_tf.attacks.square import square_fraction
@@ -106,3 +107,85 @@ def test_linf_hyperplane_projection_goes_to_the_nearest_corner_when_out_of_reach
     points = tf.constant([[0.5, 0.5]])
     d = project_linf_onto_hyperplane(points, tf.constant([[1.0, -1.0]]), tf.constant([5.0]))
     np.testing.assert_allclose(d.numpy(), [[0.5, -0.5]])
+
+
+# On a small trained digits classifier: the same 200 eval points for every comparison.
+@pytest.fixture(scope="module")
+def digits_lenet(digits):
+    """Plain LeNet-5 trained 5 epochs on digits (97% eval accuracy, ~15 s), and 200 points."""
+    from l2lda_tf.models import build_classifier
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier("lenet5", digits.num_classes, digits.image_shape)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    model.fit(digits.train_images / 255.0, digits.train_labels, epochs=5, batch_size=64,
+              verbose=0)
+    x = tf.constant(digits.eval_images[:200] / 255.0, tf.float32)
+    y = tf.constant(digits.eval_labels[:200])
+    return model, x, y
+
+
+def accuracy(model, x_adv, y) -> float:
+    return 100.0 * float(np.mean(np.argmax(model(x_adv), -1) == np.asarray(y)))
+
+
+def art_apgd(model, x, y, epsilon, loss_type):
+    """IBM ART's APGD (100 steps, one start, step 2ε as AutoAttack) on the same Keras model."""
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    classifier = TensorFlowV2Classifier(
+        model, nb_classes=10, input_shape=tuple(x.shape[1:]), clip_values=(0.0, 1.0),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    attack = AutoProjectedGradientDescent(classifier, eps=epsilon, eps_step=2 * epsilon,
+                                          max_iter=100, nb_random_init=1, batch_size=100,
+                                          loss_type=loss_type, verbose=False)
+    return attack.generate(np.asarray(x), np.eye(10)[np.asarray(y)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss, art_loss", [("ce", "cross_entropy"),
+                                            ("dlr", "difference_logits_ratio")])
+def test_apgd_is_at_least_as_strong_as_arts(digits_lenet, loss, art_loss):
+    pytest.importorskip("art")
+    model, x, y = digits_lenet
+    keras.utils.set_random_seed(1)
+    ours = accuracy(model, apgd(model, x, y, EPS, loss=loss, steps=100), y)
+    theirs = accuracy(model, tf.constant(art_apgd(model, x, y, EPS, art_loss)), y)
+    print(f"APGD-{loss.upper()} at ε = {EPS}: ours {ours:.1f}%, ART {theirs:.1f}%")
+    assert ours <= theirs + 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fab-t", "square"])
+def test_fab_t_and_square_break_a_plain_model_at_0_3(digits_lenet, name):
+    from l2lda_tf.evaluation import standard_attack
+
+    model, x, y = digits_lenet
+    keras.utils.set_random_seed(0)
+    x_adv = standard_attack(name, model, 0.3, 10)(x[:100], y[:100])
+    assert_in_threat_model(x_adv, x[:100], 0.3)
+    assert accuracy(model, x_adv, y[:100]) < 5.0
+
+
+class QuantizedInput(keras.layers.Layer):
+    """Rounds pixels to 4 grey levels with a zero gradient (0·x + stop_gradient(round)): the
+    classic gradient masking that fools gradient attacks but not score-based ones."""
+
+    def call(self, x):
+        return 0.0 * x + tf.stop_gradient(tf.round(x * 3.0) / 3.0)
+
+
+@pytest.mark.slow
+def test_square_breaks_what_pgd_cannot_on_a_gradient_masked_model(digits_lenet):
+    model, x, y = digits_lenet
+    masked = keras.Sequential([keras.layers.Input(x.shape[1:]), QuantizedInput(), model])
+    x, y = x[:100], y[:100]
+    keras.utils.set_random_seed(0)
+    clean = accuracy(masked, x, y)
+    with_pgd = accuracy(masked, pgd(masked, x, y, 0.3, steps=100, step_size=0.3 / 12), y)
+    with_square = accuracy(masked, square(masked, x, y, 0.3, queries=5000), y)
+    print(f"masked model at ε = 0.3: clean {clean:.0f}%, PGD-100 {with_pgd:.0f}%, "
+          f"Square {with_square:.0f}%")
+    assert with_pgd > 50.0 and with_square < 10.0
