@@ -90,6 +90,43 @@ def test_battery_rejects_an_attack_that_leaves_the_ball():
     np.testing.assert_array_equal(outcome.correct["identity"], outcome.correct["natural"])
 
 
+def test_evaluate_or_reuse_reuses_only_a_matching_evaluation(tmp_path, monkeypatch):
+    from l2lda_tf.evaluation import cache_key, evaluate_or_reuse
+    from l2lda_tf.evaluation import runs as runs_module
+
+    fresh = []
+    monkeypatch.setattr(runs_module, "evaluate_run",
+                        lambda *args, **kwargs: fresh.append(kwargs) or "fresh")
+    settings, attacks = AttackSettings(epsilon=0.3), ["fgsm", "pgd10"]
+
+    def cache(**key_options):
+        earlier = results()
+        earlier.settings = cache_key(attacks, settings, 5, **key_options)
+        write_results([earlier], tmp_path / "eval")
+
+    cache()
+    assert isinstance(evaluate_or_reuse(tmp_path, attacks, settings, 5), Results)
+    assert not fresh
+    # Any difference in what was run means a fresh evaluation, the surrogate included: a cached
+    # row without a Transfer column must not stand in for one with it.
+    assert evaluate_or_reuse(tmp_path, attacks, settings, 5, surrogate_dir="plain") == "fresh"
+    assert evaluate_or_reuse(tmp_path, ["fgsm"], settings, 5) == "fresh"
+    assert evaluate_or_reuse(tmp_path, attacks, settings, None) == "fresh"
+    assert evaluate_or_reuse(tmp_path, attacks, AttackSettings(epsilon=0.2), 5) == "fresh"
+    cache(surrogate_dir="plain", transfer_with="pgd10")
+    assert evaluate_or_reuse(tmp_path, attacks, settings, 5, surrogate_dir="plain",
+                             transfer_with="fgsm") == "fresh"
+    assert isinstance(evaluate_or_reuse(tmp_path, attacks, settings, 5, surrogate_dir="plain",
+                                        transfer_with="pgd10"), Results)
+    # A row written before the surrogate was recorded is not reused for a transfer request.
+    earlier = results()
+    earlier.settings = {k: v for k, v in cache_key(attacks, settings, 5).items()
+                        if k not in ("surrogate", "transfer_with")}
+    write_results([earlier], tmp_path / "eval")
+    assert evaluate_or_reuse(tmp_path, attacks, settings, 5, surrogate_dir="plain") == "fresh"
+    assert len(fresh) == 6
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="epsilon"):
         AttackSettings(epsilon=0.0)
