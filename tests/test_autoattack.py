@@ -25,17 +25,21 @@ ATTACKS = {
 }
 
 
-@pytest.mark.parametrize("name", ATTACKS)
-@pytest.mark.parametrize("epsilon", [0.03, 0.3])
-def test_attack_stays_in_threat_model_and_never_helps(name, epsilon):
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in ("apgd-dlr", "apgd-ce-restarts")
+    else name for name in ATTACKS])
+def test_attack_stays_in_threat_model_and_never_helps(name, epsilon=0.2):
     model = smooth_classifier(classes=5)
     x, y = batch(n=12, classes=5)
+    # Pixels at the box edges too: clipping to [0, 1] must win over the ball.
+    x = tf.clip_by_value(1.6 * x - 0.3, 0.0, 1.0)
     x_adv = ATTACKS[name](model, x, y, epsilon)
     assert_in_threat_model(x_adv, x, epsilon)
     # The clean input is a candidate: the margin can only grow.
     assert np.all(margin(y, model(x_adv)).numpy() >= margin(y, model(x)).numpy() - 1e-5)
 
 
+@pytest.mark.slow
 def test_attacks_work_inside_tf_function():
     model = smooth_classifier(classes=5)
     x, y = batch(n=6, classes=5)
