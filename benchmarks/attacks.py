@@ -1,7 +1,8 @@
-"""Attack throughput: our PGD-k and FGSM against CleverHans' on the same classifier.
+"""Attack throughput: our PGD-k and FGSM against CleverHans', our APGD-CE against IBM ART's.
 
     python -m benchmarks.attacks
     python -m benchmarks.attacks --dataset mnist cifar10 tiny_imagenet --json attacks.json
+    python -m benchmarks.attacks --attacks apgd --dataset mnist --json attacks_apgd.json
 
 Both sides attack the dataset's preset classifier (untrained, inference mode) on the same
 synthetic uniform images of the dataset's real shape, with the preset's ε in ℓ∞ and pixels
@@ -15,6 +16,12 @@ the sides so load from other jobs hits both alike. Reported per (dataset, attack
 implementation): images/s from the median call, whether every output lies in the ε-ball and in
 [0, 1], and the model's accuracy on the outputs (a sanity number on an untrained model); per
 (dataset, attack), the ratio of our images/s to CleverHans'.
+
+APGD-CE (`--attacks apgd`): 100 steps, one random start, η⁽⁰⁾ = 2ε, against ART's
+`AutoProjectedGradientDescent` on a `TensorFlowV2Classifier` of the same Keras model (ART runs
+its own NumPy loop around per-step TF gradient calls, so it is timed as is). Both attack only
+the points the model classifies correctly, so the labels are the model's own predictions:
+every point is attacked on both sides, whatever the untrained model's accuracy.
 """
 
 from __future__ import annotations
@@ -25,23 +32,29 @@ import statistics
 import time
 
 from benchmarks.train_step import SHAPES
+from l2lda_tf.tables import markdown_table as write_markdown_table
 
-ATTACKS = ("pgd", "fgsm")
-IMPLEMENTATIONS = ("ours", "cleverhans")
+ATTACKS = ("pgd", "fgsm", "apgd")
+REFERENCE = {"pgd": "cleverhans", "fgsm": "cleverhans", "apgd": "art"}
+APGD_STEPS = 100
 
 
 def attack_pair(model, attack: str, epsilon: float, steps: int) -> dict:
-    """Our `attack` and CleverHans' with the same settings, each a `tf.function` of (x, y)."""
+    """Our `attack` and the reference's (CleverHans', ART's for APGD) with the same settings,
+    each a callable (x, y) → x_adv (a `tf.function` but for ART's)."""
     import numpy as np
     import tensorflow as tf
     from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
     from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-    from l2lda_tf.attacks import default_step_size, fgsm, pgd
+    from l2lda_tf.attacks import apgd, default_step_size, fgsm, pgd
 
     def logits(x):  # CleverHans wants logits; ours call the model the same way
         return model(x, training=False)
 
+    if attack == "apgd":
+        return {"ours": tf.function(lambda x, y: apgd(model, x, y, epsilon, steps=APGD_STEPS)),
+                "art": art_apgd(model, epsilon)}
     if attack == "pgd":
         step_size = default_step_size(epsilon, steps)
         pair = {
@@ -57,6 +70,27 @@ def attack_pair(model, attack: str, epsilon: float, steps: int) -> dict:
                 logits, x, epsilon, np.inf, clip_min=0.0, clip_max=1.0, y=y),
         }
     return {name: tf.function(attack) for name, attack in pair.items()}
+
+
+def art_apgd(model, epsilon: float):
+    """ART's APGD-CE with AutoAttack's settings on `model`, as (x, y) → x_adv."""
+    import numpy as np
+    import tensorflow as tf
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    def attack(x, y):
+        classes = int(model(x[:1], training=False).shape[-1])
+        classifier = TensorFlowV2Classifier(
+            model, nb_classes=classes, input_shape=tuple(x.shape[1:]), clip_values=(0.0, 1.0),
+            loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        apgd = AutoProjectedGradientDescent(classifier, eps=epsilon, eps_step=2 * epsilon,
+                                            max_iter=APGD_STEPS, nb_random_init=1,
+                                            batch_size=len(x), loss_type="cross_entropy",
+                                            verbose=False)
+        return tf.constant(apgd.generate(x.numpy(), np.eye(classes)[y.numpy()]))
+
+    return attack
 
 
 def time_calls(attacks: dict, x, y, repeats: int) -> tuple[dict, dict]:
@@ -87,7 +121,8 @@ def check(model, x, y, x_adv, epsilon: float) -> dict:
             "accuracy": round(float(np.mean(predictions == y.numpy())), 4)}
 
 
-def measure(dataset: str, batch_size: int, repeats: int, steps: int) -> list[dict]:
+def measure(dataset: str, batch_size: int, repeats: int, steps: int,
+            attacks=("pgd", "fgsm")) -> list[dict]:
     """One record per (attack, implementation) on `dataset`'s preset classifier."""
     import numpy as np
     import tensorflow as tf
@@ -103,37 +138,50 @@ def measure(dataset: str, batch_size: int, repeats: int, steps: int) -> list[dic
     x = tf.constant(rng.uniform(size=(batch_size, *image_shape)).astype(np.float32))
     y = tf.constant(rng.integers(0, num_classes, batch_size).astype(np.int32))
     records = []
-    for attack in ATTACKS:
+    for attack in attacks:
         pair = attack_pair(model, attack, config.epsilon, steps)
-        seconds, outputs = time_calls(pair, x, y, repeats)
-        ratio = round(seconds["cleverhans"] / seconds["ours"], 3)
-        for name in IMPLEMENTATIONS:
+        # APGD (both sides) attacks only correctly classified points: label by prediction.
+        labels = (tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+                  if attack == "apgd" else y)
+        seconds, outputs = time_calls(pair, x, labels, repeats)
+        reference = REFERENCE[attack]
+        ratio = round(seconds[reference] / seconds["ours"], 3)
+        for name in ("ours", reference):
             records.append({
                 "dataset": dataset, "classifier": config.classifier, "attack": attack,
-                "implementation": name, "steps": steps if attack == "pgd" else 1,
+                "implementation": name,
+                "steps": {"pgd": steps, "fgsm": 1, "apgd": APGD_STEPS}[attack],
                 "epsilon": round(config.epsilon, 6), "batch_size": batch_size,
                 "call_s": round(seconds[name], 4),
                 "images_per_s": round(batch_size / seconds[name], 1),
-                "ours_over_cleverhans": ratio,
-                **check(model, x, y, outputs[name], config.epsilon),
+                f"ours_over_{reference}": ratio,
+                **check(model, x, labels, outputs[name], config.epsilon),
             })
     return records
 
 
 def markdown_table(records: list[dict]) -> str:
-    """One row per (dataset, attack): both sides' images/s, their ratio and the checks."""
-    lines = ["| dataset (classifier) | attack | ours images/s | CleverHans images/s "
-             "| ours / CleverHans | in ε-ball and [0, 1] | accuracy ours / CleverHans |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for ours, theirs in zip(records[::2], records[1::2]):
-        attack = f"PGD-{ours['steps']}" if ours["attack"] == "pgd" else "FGSM"
-        valid = all(r["in_ball"] and r["in_range"] for r in (ours, theirs))
-        lines.append(
-            f"| {ours['dataset']} ({ours['classifier']}) | {attack} "
-            f"| {ours['images_per_s']:,.0f} | {theirs['images_per_s']:,.0f} "
-            f"| {ours['ours_over_cleverhans']:.2f} | {'yes' if valid else 'NO'} "
-            f"| {ours['accuracy']:.2f} / {theirs['accuracy']:.2f} |")
-    return "\n".join(lines)
+    """One row per (dataset, attack): both sides' images/s, their ratio and the checks; one
+    table per reference library."""
+    tables = []
+    for reference, label in (("cleverhans", "CleverHans"), ("art", "ART")):
+        pairs = [(ours, theirs) for ours, theirs in zip(records[::2], records[1::2])
+                 if theirs["implementation"] == reference]
+        if not pairs:
+            continue
+        header = ["dataset (classifier)", "attack", "ours images/s", f"{label} images/s",
+                  f"ours / {label}", "in ε-ball and [0, 1]", f"accuracy ours / {label}"]
+        rows = []
+        for ours, theirs in pairs:
+            name = {"pgd": f"PGD-{ours['steps']}", "fgsm": "FGSM",
+                    "apgd": f"APGD-CE-{ours['steps']}"}[ours["attack"]]
+            valid = all(r["in_ball"] and r["in_range"] for r in (ours, theirs))
+            rows.append([f"{ours['dataset']} ({ours['classifier']})", name,
+                         f"{ours['images_per_s']:,.0f}", f"{theirs['images_per_s']:,.0f}",
+                         f"{ours[f'ours_over_{reference}']:.2f}", "yes" if valid else "NO",
+                         f"{ours['accuracy']:.2f} / {theirs['accuracy']:.2f}"])
+        tables.append(write_markdown_table(header, rows))
+    return "\n".join(tables)
 
 
 def main(argv=None) -> None:
@@ -143,11 +191,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per attack")
     parser.add_argument("--steps", type=int, default=10, help="k of PGD-k")
+    parser.add_argument("--attacks", nargs="+", default=["pgd", "fgsm"], choices=ATTACKS,
+                        help="apgd: our APGD-CE (100 steps) against ART's (a dev dependency)")
     parser.add_argument("--json", help="also write all results to this file, as a JSON list")
     args = parser.parse_args(argv)
     records = []
     for dataset in args.dataset:
-        for record in measure(dataset, args.batch_size, args.repeats, args.steps):
+        for record in measure(dataset, args.batch_size, args.repeats, args.steps, args.attacks):
             print(json.dumps(record), flush=True)
             records.append(record)
     if args.json:

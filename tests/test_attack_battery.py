@@ -8,7 +8,16 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from l2lda_tf.attacks import GAP, AdvGAN, L2LDAAttack, cw_linf, fgsm, margin, transfer
+from l2lda_tf.attacks import (
+    GAP,
+    AdvGAN,
+    L2LDAAttack,
+    cw_linf,
+    fgsm,
+    margin,
+    transfer,
+    unrolled_attack,
+)
 from l2lda_tf.evaluation import AttackSettings, gradient_attack
 from l2lda_tf.models import NoiseGenerator, build_classifier
 
@@ -72,18 +81,26 @@ def test_l2lda_attack_copies_the_run_generator_and_counts_every_sample():
     model = small_classifier((12, 12, 1), classes=3)
     generator = NoiseGenerator(1, num_classes=3, name="run_generator")
     generator(tf.zeros([1, 12, 12, 3]), tf.zeros([1], tf.int32), tf.zeros([1, 8]))
-    attacker = L2LDAAttack(model, (12, 12, 1), 3, 0.2, generator=generator, samples=3,
-                           unroll_steps=2)
+    samples, eps = 4, 0.2
+    attacker = L2LDAAttack(model, (12, 12, 1), 3, eps, generator=generator, samples=samples,
+                           unroll_steps=2, seed=3)
     for mine, theirs in zip(attacker.generator.get_weights(), generator.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
     assert attacker.generator is not generator
     rng = np.random.default_rng(1)
-    x = tf.constant(rng.uniform(size=(6, 12, 12, 1)).astype(np.float32))
-    y = tf.constant(rng.integers(0, 3, 6))
-    x_adv = attacker.attack(x, y)
-    # Robust only if every sample fails: the returned image is the worst of the S samples.
-    worst = margin(y, model(x_adv)).numpy()
-    assert np.all(worst >= margin(y, model(x)).numpy() - 1e-6)
+    x = tf.constant(rng.uniform(size=(16, 12, 12, 1)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 3, 16))
+    # Replay the attack's S noise draws to get each sample's x_T and margin.
+    replay = tf.random.Generator.from_state(attacker.rng.state.numpy(), attacker.rng.algorithm)
+    per_sample = np.stack([margin(y, model(unrolled_attack(
+        model, attacker.generator, x, y, replay.normal([16, 8]), eps, 2).images[-1])).numpy()
+        for _ in range(samples)])
+    returned = margin(y, model(attacker.attack(x, y))).numpy()
+    # Robust only if every sample fails: the returned image is the worst of the S samples
+    # (and of the clean image), so it beats the first sample alone somewhere.
+    expected = np.maximum(per_sample.max(0), margin(y, model(x)).numpy())
+    np.testing.assert_allclose(returned, expected, rtol=1e-5, atol=1e-5)
+    assert np.any(expected > per_sample[0] + 1e-4)
 
 
 def test_transfer_uses_the_surrogates_gradients():

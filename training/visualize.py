@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     try:
         trainer = load_run(args.run)
         config = trainer.config
-        generator = getattr(trainer, "generator", None)
+        generator = trainer.generator
         if generator is None or not generator.noise_dim:
             raise ValueError(f"{args.run} ({config.defense}) has no generator with noise z: "
                              "the figure needs an l2lda run")

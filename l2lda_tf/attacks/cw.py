@@ -8,8 +8,8 @@ from l2lda_tf.attacks.utils import keep_more_damaging, margin
 
 
 @tf.function
-def cw_linf(model, x: tf.Tensor, y: tf.Tensor, epsilon, steps: int = 100, kappa: float = 0.0,
-            learning_rate: float = 0.1) -> tf.Tensor:
+def cw_linf(model, x: tf.Tensor, y: tf.Tensor, epsilon, *, steps: int = 100,
+            kappa: float = 0.0, learning_rate: float = 0.1) -> tf.Tensor:
     """CW-k: minimizes max(Z_y − max_{j≠y} Z_j, −κ) over δ = ε·tanh(w) with k Adam steps on w.
 
     The tanh change of variables (Carlini & Wagner's own) keeps every iterate inside the ball,

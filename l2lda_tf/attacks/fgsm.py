@@ -8,7 +8,7 @@ from l2lda_tf.attacks.utils import keep_more_damaging, loss_and_input_gradient, 
 
 
 @tf.function
-def fgsm(model, x: tf.Tensor, y: tf.Tensor, epsilon, keep_best: bool = True) -> tf.Tensor:
+def fgsm(model, x: tf.Tensor, y: tf.Tensor, epsilon, *, keep_best: bool = True) -> tf.Tensor:
     """One signed-gradient step of size ε on the cross-entropy: x + ε·sign(∇ₓCE), clipped to
     [0, 1]. White-box, ℓ∞ radius ε. With `keep_best` (one more forward pass), the clean image
     is kept where the step does not hurt more.

@@ -16,7 +16,7 @@ def default_step_size(epsilon, steps: int):
     return epsilon / 4 if steps <= 10 else epsilon / 12
 
 
-def pgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, steps: int = 10, step_size=None,
+def pgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, *, steps: int = 10, step_size=None,
         random_start: bool = True, keep_best: bool = True, seed=None) -> tf.Tensor:
     """PGD-k on the cross-entropy of `model` (logits), white-box, ℓ∞ radius ε, pixels in [0, 1].
 

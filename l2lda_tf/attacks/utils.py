@@ -70,3 +70,28 @@ def most_damaging(model, x: tf.Tensor, y: tf.Tensor, *candidates: tf.Tensor) -> 
         best, best_margin = keep_more_damaging(
             best, best_margin, candidate, margin(y, model(candidate, training=False)))
     return best
+
+
+def scatter_rows(full: tf.Tensor, indices: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """`full` with the rows at `indices` (a 1-D int tensor) replaced by `rows`."""
+    return tf.tensor_scatter_nd_update(full, indices[:, None], rows)
+
+
+def on_robust_points(model, x: tf.Tensor, y: tf.Tensor, best: tf.Tensor, run) -> tf.Tensor:
+    """Runs `run(x_sub, y_sub, index)` only on the examples `best` does not yet misclassify
+    and keeps, per example, the more damaging of `best` and the result: how AutoAttack spends
+    restarts and target classes on the points still robust."""
+    robust = tf.reshape(tf.where(margin(y, model(best, training=False)) <= 0), [-1])
+
+    def attack_robust():
+        x_sub, y_sub = tf.gather(x, robust), tf.gather(y, robust)
+        better = most_damaging(model, tf.gather(best, robust), y_sub, run(x_sub, y_sub, robust))
+        return scatter_rows(best, robust, better)
+
+    # Nothing left to attack: skip (some kernels reject empty batches).
+    return tf.cond(tf.size(robust) > 0, attack_robust, lambda: best)
+
+
+def ranked_classes(logits: tf.Tensor, rank: int) -> tf.Tensor:
+    """Per example, the class with the `rank`-th largest logit (rank 1: the top class)."""
+    return tf.math.top_k(logits, k=rank).indices[:, rank - 1]

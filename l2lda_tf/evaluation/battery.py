@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -24,9 +24,12 @@ from l2lda_tf.attacks import (
     transfer,
 )
 from l2lda_tf.data import ImageDataset
+from l2lda_tf.evaluation.autoattack import AutoAttack, standard_attack
 
-DEFAULT_ATTACKS = ("fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap", "l2lda")
-_PATTERN = re.compile(r"^(fgsm|advgan|gap|l2lda|pgd(\d+)|cw(\d+))$")
+DEFAULT_ATTACKS = ("fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap", "l2lda",
+                   "autoattack")
+AUTOATTACK = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")
+_PATTERN = re.compile(r"^(fgsm|advgan|gap|l2lda|pgd(\d+)|cw(\d+)|" + "|".join(AUTOATTACK) + ")$")
 
 Attack = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -57,14 +60,16 @@ class AttackSettings:
 
 
 def parse_attacks(text: str | list[str]) -> list[str]:
-    """Validates attack names: fgsm, pgdK, cwK (any K ≥ 1), advgan, gap, l2lda."""
+    """Validates attack names: fgsm, pgdK, cwK (any K ≥ 1), advgan, gap, l2lda, and
+    AutoAttack's apgd-ce, apgd-dlr, apgd-t, fab-t, square or the whole `autoattack`."""
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text)]
     names = [n for n in names if n]
     for name in names:
         match = _PATTERN.match(name)
         if not match or any(k is not None and int(k) < 1 for k in match.groups()[1:]):
             raise ValueError(f"unknown attack {name!r}; expected fgsm, pgdK, cwK (K ≥ 1), "
-                             "advgan, gap or l2lda")
+                             "advgan, gap, l2lda, apgd-ce, apgd-dlr, apgd-t, fab-t, square or "
+                             "autoattack")
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"attacks must be a non-empty list without repeats, got {names}")
     return names
@@ -72,7 +77,9 @@ def parse_attacks(text: str | list[str]) -> list[str]:
 
 def display_name(name: str) -> str:
     """Column names as in the paper's table: PGD10, CW1000, AdvGAN, L2L-DA, ..."""
-    fixed = {"fgsm": "FGSM", "advgan": "AdvGAN", "gap": "GAP", "l2lda": "L2L-DA"}
+    fixed = {"fgsm": "FGSM", "advgan": "AdvGAN", "gap": "GAP", "l2lda": "L2L-DA",
+             "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T", "fab-t": "FAB-T",
+             "square": "Square", "autoattack": "AutoAttack"}
     if name in fixed:
         return fixed[name]
     if name.startswith("transfer-"):
@@ -80,19 +87,26 @@ def display_name(name: str) -> str:
     return name.upper()
 
 
-def gradient_attack(name: str, model: keras.Model, settings: AttackSettings) -> Attack:
-    """FGSM, PGD-k or CW-k against `model` as a compiled (x, y) → x_adv."""
+def gradient_attack(name: str, model: keras.Model, settings: AttackSettings,
+                    num_classes: int | None = None) -> Attack:
+    """FGSM, PGD-k, CW-k or one of AutoAttack's attacks (standard settings; the targeted ones
+    need `num_classes`) against `model` as a compiled (x, y) → x_adv."""
     eps = settings.epsilon
+    if name == "autoattack":
+        return AutoAttack(model, eps, num_classes)
+    if name in AUTOATTACK:
+        return standard_attack(name, model, eps, num_classes)
     if name == "fgsm":
         return tf.function(lambda x, y: fgsm(model, x, y, eps))
     if name.startswith("pgd"):
         steps = int(name[3:])
+        size = default_step_size(eps, steps)
         return tf.function(lambda x, y: most_damaging(
-            model, x, y, pgd(model, x, y, eps, steps, default_step_size(eps, steps))))
+            model, x, y, pgd(model, x, y, eps, steps=steps, step_size=size)))
     if name.startswith("cw"):
         steps = int(name[2:])
-        return tf.function(lambda x, y: cw_linf(model, x, y, eps, steps, 0.0,
-                                                settings.cw_learning_rate))
+        return tf.function(lambda x, y: cw_linf(
+            model, x, y, eps, steps=steps, kappa=0.0, learning_rate=settings.cw_learning_rate))
     raise ValueError(f"{name!r} is not a gradient attack")
 
 
@@ -101,7 +115,7 @@ def build_attack(name: str, classifier: keras.Model, dataset: ImageDataset,
     """One attack against `classifier`, trained first on the training split if it learns
     (AdvGAN, GAP, L2L-DA; L2L-DA starts from `generator` when the run has one)."""
     if name not in ("advgan", "gap", "l2lda"):
-        return gradient_attack(name, classifier, settings)
+        return gradient_attack(name, classifier, settings, dataset.num_classes)
     keras.utils.set_random_seed(settings.seed)
     if name == "l2lda":
         attacker = L2LDAAttack(classifier, dataset.image_shape, dataset.num_classes,
@@ -121,44 +135,65 @@ def build_attack(name: str, classifier: keras.Model, dataset: ImageDataset,
 
 
 def transfer_attack(name: str, surrogate: keras.Model, target: keras.Model,
-                    settings: AttackSettings) -> Attack:
+                    settings: AttackSettings, num_classes: int | None = None) -> Attack:
     """A gradient attack crafted on `surrogate` and evaluated on `target` (black-box)."""
-    crafted = gradient_attack(name, surrogate, settings)
-    return tf.function(lambda x, y: transfer(lambda _, x, y: crafted(x, y), surrogate, target,
-                                             x, y))
+    crafted = gradient_attack(name, surrogate, settings, num_classes)
+    return lambda x, y: transfer(lambda _, x, y: crafted(x, y), surrogate, target, x, y)
 
 
 @dataclass
 class BatteryOutcome:
-    """Per-example correctness per column ("natural" first), and seconds spent per attack."""
+    """Per-example correctness per column ("natural" first), seconds spent per attack, and for
+    AutoAttack the per-example robustness after each of its stages and their seconds."""
 
     correct: dict[str, np.ndarray]
     attack_seconds: dict[str, float]
     images: int
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def run_battery(classifier: keras.Model, attacks: dict[str, Attack], images: np.ndarray,
-                labels: np.ndarray, epsilon: float, batch_size: int = 100) -> BatteryOutcome:
-    """Runs every attack on every batch of the uint8 `images`; checks each output lies in the
-    threat model (|x_adv − x|∞ ≤ ε, [0, 1], same shape and dtype) and raises if not."""
+                labels: np.ndarray, epsilon: float, batch_size: int = 100,
+                progress: bool = False) -> BatteryOutcome:
+    """Runs every attack on every batch of the uint8 `images`, one attack after the other (with
+    a progress bar each when `progress`); checks each output lies in the threat model
+    (|x_adv − x|∞ ≤ ε, [0, 1], same shape and dtype) and raises if not."""
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(f"need as many labels as images, and some: {len(images)}, "
                          f"{len(labels)}")
-    correct = {name: [] for name in ("natural", *attacks)}
+    starts = range(0, len(images), batch_size)
+
+    def batch(start):
+        return (tf.constant(images[start:start + batch_size], tf.float32) / 255.0,
+                tf.constant(labels[start:start + batch_size], tf.int64))
+
+    correct = {"natural": np.concatenate([_correct(classifier, *batch(s)) for s in starts])}
     seconds = dict.fromkeys(attacks, 0.0)
-    for start in range(0, len(images), batch_size):
-        x = tf.constant(images[start:start + batch_size], tf.float32) / 255.0
-        y = tf.constant(labels[start:start + batch_size], tf.int64)
-        correct["natural"].append(_correct(classifier, x, y))
-        for name, attack in attacks.items():
+    for name, attack in attacks.items():
+        bar = (keras.utils.Progbar(len(images), stateful_metrics=["accuracy"], unit_name="image")
+               if progress else None)
+        if bar:
+            print(f"{display_name(name)}:", flush=True)
+        columns = []
+        for start in starts:
+            x, y = batch(start)
             began = time.perf_counter()
             x_adv = attack(x, y)
             x_adv.numpy()  # wait for the result before stopping the clock
             seconds[name] += time.perf_counter() - began
             check_threat_model(name, x_adv, x, epsilon)
-            correct[name].append(_correct(classifier, x_adv, y))
-    return BatteryOutcome({k: np.concatenate(v) for k, v in correct.items()}, seconds,
-                          len(images))
+            columns.append(_correct(classifier, x_adv, y))
+            if bar:
+                done = np.concatenate(columns)
+                bar.add(len(x), [("accuracy", 100.0 * done.mean())])
+        correct[name] = np.concatenate(columns)
+    outcome = BatteryOutcome(correct, seconds, len(images))
+    for attack in attacks.values():
+        if isinstance(attack, AutoAttack):
+            outcome.stages = {k: np.concatenate(v) for k, v in attack.stages.items()}
+            outcome.stage_seconds = dict(attack.stage_seconds)
+    return outcome
 
 
 def check_threat_model(name: str, x_adv: tf.Tensor, x: tf.Tensor, epsilon: float) -> None:
