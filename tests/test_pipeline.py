@@ -101,7 +101,7 @@ def test_rotation_transform_turns_the_image_about_its_centre():
     quarter = keras.ops.image.affine_transform(
         tf.constant(image), rotation_transforms(tf.constant([np.pi / 2]), 9, 9),
         interpolation="bilinear", fill_mode="constant")
-    np.testing.assert_allclose(quarter.numpy()[0, :, :, 0], np.rot90(image[0, :, :, 0], -1),
+    np.testing.assert_allclose(quarter.numpy()[0, :, :, 0], np.rot90(image[0, :, :, 0], 1),
                                atol=1e-5)
     same = keras.ops.image.affine_transform(
         tf.constant(image), rotation_transforms(tf.constant([0.0]), 9, 9))
@@ -117,7 +117,10 @@ def test_tiny_imagenet_rotates_by_at_most_20_degrees_and_flips(noise_images):
     bar = np.zeros_like(disk)
     bar[:, 15:18, 4:29] = 255  # a horizontal bar: rotation tilts it
     key = tf.constant([1, 2], tf.int64)
-    np.testing.assert_allclose(augment(tf.constant(disk), key, tiny).numpy(), disk, atol=128)
+    # no crop: a shift would move the disk's edge (~25% of the pixels differ), a rotation only
+    # resamples it
+    moved = np.abs(augment(tf.constant(disk), key, tiny).numpy().astype(float) - disk) > 128
+    assert moved.mean() < 0.03
     out = augment(tf.constant(bar), key, tiny).numpy()
     ends = out[:, 8:25, 6] > 64  # column near the bar's left end: where the bar now is
     rows = np.array([np.flatnonzero(e).mean() + 8 if e.any() else 16 for e in ends])

@@ -12,7 +12,8 @@ EPSILON = 0.1
 
 def tiny_config(defense, **overrides):
     fields = dict(epsilon=EPSILON, batch_size=8, epochs=2, unroll_steps=3, pgd_steps=3,
-                  eval_pgd_steps=3, epsilon_warmup_epochs=0, clean_share=0.0)
+                  eval_pgd_steps=3, epsilon_warmup_epochs=0, clean_share=0.0,
+                  clean_warmup_steps=0)
     fields.update(overrides)
     return preset("digits", defense, **fields)
 
@@ -193,7 +194,7 @@ def test_only_the_classifier_rate_decays_at_the_decay_step(tiny_dataset):
     never.optimizer.iterations.assign(10**6)
     assert float(never.optimizer.learning_rate) == pytest.approx(0.02)
     # default: half the run's steps, clean warm-up included
-    default = make_trainer(tiny_dataset, "plain", f_lr=0.02)
+    default = make_trainer(tiny_dataset, "plain", f_lr=0.02, lr_decay_step=None)
     total = default.config.epochs * default.steps_per_epoch
     default.optimizer.iterations.assign(total // 2)
     assert float(default.optimizer.learning_rate) == pytest.approx(0.002)
