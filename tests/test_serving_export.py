@@ -9,18 +9,17 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from l2lda_tf.experiment import load_run
 from l2lda_tf.export import WARMUP_FILE, generator_module, next_version
 from serving.export import export_run, main
 
+pytest_plugins = ["tests.serving_fixtures"]  # exported, server, trainer
 SHAPE = (12, 12, 1)
 
 
-@pytest.fixture(scope="module")
-def base(tiny_l2lda_run, tmp_path_factory):
-    base = tmp_path_factory.mktemp("models")
-    export_run(tiny_l2lda_run, base)
-    return base
+
+@pytest.fixture
+def base(exported):
+    return exported
 
 
 def saved_model_cli(*args) -> str:
@@ -85,8 +84,7 @@ def test_saved_model_cli_shows_the_documented_signatures(base):
 
 
 @pytest.mark.slow
-def test_saved_model_cli_run_equals_the_in_process_models(base, tiny_l2lda_run, tmp_path):
-    trainer = load_run(tiny_l2lda_run)
+def test_saved_model_cli_run_equals_the_in_process_models(base, trainer, tmp_path):
     x = np.random.default_rng(0).uniform(size=(4, *SHAPE)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     saved_model_cli("run", "--dir", base / "classifier" / "1", "--tag_set", "serve",
