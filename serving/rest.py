@@ -58,13 +58,17 @@ HTTP_STATUS = {  # TF Serving's http_rest_api_handler mapping
 def _to_array(spec: InputSpec, value) -> np.ndarray:
     """A JSON value as an array of the signature's dtype, or a message naming what is wrong."""
     name = spec.name
+    depth, inner = 0, value
+    while isinstance(inner, list) and inner and depth <= len(spec.shape):
+        depth, inner = depth + 1, inner[0]
+    if depth > len(spec.shape):  # before numpy meets, say, lists nested 5,000 deep
+        raise invalid(f"input '{name}' is nested deeper than the {len(spec.shape)} dimensions "
+                      f"the signature takes")
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nested lists
         raise invalid(f"input '{name}' is ragged: every row must have the same shape "
                       f"({error})") from error
-    except RecursionError as error:
-        raise invalid(f"input '{name}' is nested too deeply") from error
     kind, wanted = array.dtype.kind, np.dtype(spec.dtype.as_numpy_dtype)
     if kind not in "iuf" or (wanted.kind in "iu" and kind == "f"):
         got = {"U": "strings", "O": "mixed or null values", "b": "booleans",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -79,6 +80,7 @@ class ModelServer:
         self._grpc.stop(grace=1).wait()
         self.registry.stop()
         self.rest.close()
+        gc.unfreeze()  # let a process that goes on (say a test session) collect the models
 
     def __enter__(self) -> ModelServer:
         return self.start()
