@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,21 @@ def test_reexport_takes_the_next_free_version_and_never_overwrites(tiny_l2lda_ru
         export_run(tiny_l2lda_run, tmp_path, version=2)
     with pytest.raises(ValueError, match="positive"):
         export_run(tiny_l2lda_run, tmp_path, version=0)
+
+
+def test_exports_are_readable_by_other_users(tiny_l2lda_run, tmp_path):
+    """tempfile.mkdtemp made version folders 0700: a TF Serving running as another user could
+    not read them. Now they get the modes the umask gives plain folders and files."""
+    old = os.umask(0o022)
+    try:
+        written = export_run(tiny_l2lda_run, tmp_path)
+    finally:
+        os.umask(old)
+    for version in written.values():
+        tree = [version, *version.rglob("*")]
+        assert {oct(p.stat().st_mode & 0o777) for p in tree if p.is_dir()} == {"0o755"}
+        assert {oct(p.stat().st_mode & 0o777) for p in tree if p.is_file()} == {"0o644"}
+    assert oct((tmp_path / "models.config").stat().st_mode & 0o777) == "0o644"
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from serving.loadtest import main as loadtest_main
 from serving.loadtest import run_load
 from serving.registry import LoadedVersion
 from serving.server import ModelServer
+from serving.server import main as server_main
 
 pytest_plugins = ["tests.serving_fixtures"]  # exported, server, trainer
 SHAPE = (12, 12, 1)
@@ -333,6 +334,22 @@ def test_load_test_of_only_failures_prints_null_not_nan(capsys, monkeypatch):
     with pytest.raises(SystemExit, match="cannot get classifier's input shape from "
                                          "http://127.0.0.1:9.*is the server running"):
         loadtest_main(["--rest", "http://127.0.0.1:9", "--requests", "1"])
+
+
+def test_start_up_problems_end_in_one_line(exported, server, tmp_path):
+    with pytest.raises(SystemExit, match=r"error: model config .*nope.config does not exist"):
+        server_main(["--model-config", str(tmp_path / "nope.config")])
+    (tmp_path / "bad.config").write_text("model_config_list { config { name: ")
+    with pytest.raises(SystemExit, match="error: .*bad.config is not a ModelServerConfig"):
+        server_main(["--model-config", str(tmp_path / "bad.config")])
+    config = str(exported / "models.config")
+    with pytest.raises(SystemExit, match=rf"error: cannot listen for REST on 127.0.0.1:"
+                                         rf"{server.rest_port} .*pick another --rest-port"):
+        server_main(["--model-config", config, "--rest-port", str(server.rest_port)])
+    with pytest.raises(SystemExit, match=rf"error: cannot bind the gRPC server to 127.0.0.1:"
+                                         rf"{server.grpc_port} .*another --grpc-port"):
+        server_main(["--model-config", config, "--rest-port", "0",
+                     "--grpc-port", str(server.grpc_port)])
 
 
 @pytest.mark.slow
