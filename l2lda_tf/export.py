@@ -14,6 +14,7 @@ tensorflow-serving-api protos, imported only when asked for.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -112,6 +113,7 @@ def save_module(module: tf.Module, path: str | Path,
         tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
         if warmup_requests:
             write_warmup_requests(staging, path.parent.name, warmup_requests)
+        make_readable(staging)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -123,6 +125,33 @@ def save_module(module: tf.Module, path: str | Path,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (setting it, even
+    briefly, races with files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def make_readable(path: str | Path) -> None:
+    """Gives a folder tree the modes a plain `mkdir`/`open` would under the current umask
+    (0755/0644 under the usual 022): `mkdtemp` makes 0700, which a TF Serving running as
+    another user cannot read."""
+    umask = _umask()
+    os.chmod(path, 0o777 & ~umask)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def sample_classifier_inputs(image_shape: Sequence[int], batch: int = 2) -> dict[str, np.ndarray]:
@@ -163,10 +192,9 @@ def export_trainer(trainer, image_shape: Sequence[int], num_classes: int,
     written = {"classifier": export_classifier(trainer.classifier, image_shape,
                                                base / "classifier" / str(version),
                                                warmup=warmup)}
-    generator = getattr(trainer, "generator", None)
-    if generator is not None:
+    if trainer.generator is not None:
         written["generator"] = export_generator(
-            trainer.classifier, generator, image_shape, num_classes, trainer.config.epsilon,
+            trainer.classifier, trainer.generator, image_shape, num_classes, trainer.config.epsilon,
             trainer.unroll_steps, trainer.alpha, base / "generator" / str(version),
             warmup=warmup)
     return written
@@ -194,11 +222,13 @@ def write_warmup_requests(export_dir: str | Path, model_name: str,
 
 
 def versions(model_path: str | Path) -> list[int]:
-    """The version numbers under a model's base path (its all-digit folder names), ascending."""
+    """The version numbers under a model's base path (its folders named by ASCII digits; others,
+    such as `²` or `.1.staging`, are ignored as TF Serving ignores them), ascending."""
     model_path = Path(model_path)
     if not model_path.is_dir():
         return []
-    return sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_path.iterdir()
+                  if re.fullmatch(r"[0-9]+", p.name) and p.is_dir())
 
 
 def next_version(base_path: str | Path, model_names: Sequence[str]) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+import orjson
 
 DEFAULT_REST = "http://127.0.0.1:8501"
 
@@ -70,6 +71,24 @@ class _Client(abc.ABC):
         return out["adversarial_images"]
 
 
+_NUMPY_DTYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_HALF": np.float16,
+                 "DT_INT64": np.int64, "DT_INT32": np.int32, "DT_INT16": np.int16,
+                 "DT_INT8": np.int8, "DT_UINT8": np.uint8, "DT_BOOL": np.bool_}
+
+
+_ORJSON_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.int64, np.int32, np.int16,
+                                       np.int8, np.uint8, np.bool_)}
+
+
+def _json_ready(value) -> np.ndarray | list:
+    """An input as orjson serializes it fast (a C-contiguous array of a numeric dtype), or as
+    a list for anything else."""
+    array = np.asarray(value)
+    if array.dtype in _ORJSON_DTYPES:
+        return np.ascontiguousarray(array)
+    return array.tolist()
+
+
 class RestClient(_Client):
     """REST client with one keep-alive connection per thread (safe to share between threads)."""
 
@@ -79,6 +98,7 @@ class RestClient(_Client):
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.url, self.timeout, self._parts = url, timeout, parts
         self._local = threading.local()
+        self._dtypes: dict[tuple, dict[str, np.dtype]] = {}
 
     def _connection(self) -> http.client.HTTPConnection:
         if getattr(self._local, "connection", None) is None:
@@ -89,8 +109,10 @@ class RestClient(_Client):
         return self._local.connection
 
     def request(self, method: str, path: str, body: dict | bytes | None = None) -> dict:
-        """One call; the decoded JSON response, or ServingClientError with the server's error."""
-        data = body if isinstance(body, bytes | type(None)) else json.dumps(body).encode()
+        """One call; the decoded JSON response, or ServingClientError with the server's error.
+        A dict body may hold numpy arrays (sent as nested lists)."""
+        data = body if isinstance(body, bytes | type(None)) else orjson.dumps(
+            body, option=orjson.OPT_SERIALIZE_NUMPY)
         headers = {"Content-Type": "application/json"} if data is not None else {}
         for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
             connection = self._connection()
@@ -108,9 +130,11 @@ class RestClient(_Client):
             connection.close()
             self._local.connection = None
         try:
-            decoded = json.loads(payload)
-        except json.JSONDecodeError:
+            decoded = orjson.loads(payload)
+        except orjson.JSONDecodeError:
             decoded = {"error": payload.decode(errors="replace")}
+        if not isinstance(decoded, dict):
+            decoded = {"error": str(decoded)}
         if response.status != 200:
             raise ServingClientError(response.status, decoded.get("error", str(decoded)))
         return decoded
@@ -127,15 +151,29 @@ class RestClient(_Client):
 
     def predict(self, model: str, inputs: dict[str, np.ndarray], version: int | None = None,
                 signature_name: str = "") -> dict[str, np.ndarray]:
-        """Columnar ("inputs") predict; outputs as arrays by name."""
-        body = {"inputs": {name: np.asarray(value).tolist() for name, value in inputs.items()}}
+        """Columnar ("inputs") predict; outputs as arrays by name, in the signature's dtypes
+        (as gRPC returns them: JSON alone would make every float a float64)."""
+        body = {"inputs": {name: _json_ready(value) for name, value in inputs.items()}}
         if signature_name:
             body["signature_name"] = signature_name
         outputs = self.request("POST", self._model_path(model, version) + ":predict",
                                body)["outputs"]
         if not isinstance(outputs, dict):  # a single-output signature answers bare
             outputs = {"output": outputs}
-        return {name: np.asarray(value) for name, value in outputs.items()}
+        dtypes = self._output_dtypes(model, version, signature_name or "serving_default")
+        return {name: np.asarray(value, dtypes.get(name)) for name, value in outputs.items()}
+
+    def _output_dtypes(self, model: str, version: int | None,
+                       signature_name: str) -> dict[str, np.dtype]:
+        """The signature's output dtypes, from its metadata (fetched once per model)."""
+        key = (model, version, signature_name)
+        if key not in self._dtypes:
+            signature = self.metadata(model, version)["metadata"]["signature_def"][
+                "signature_def"].get(signature_name, {})
+            self._dtypes[key] = {name: _NUMPY_DTYPES[info["dtype"]]
+                                 for name, info in signature.get("outputs", {}).items()
+                                 if info.get("dtype") in _NUMPY_DTYPES}
+        return self._dtypes[key]
 
 
 class GrpcClient(_Client):
@@ -213,30 +251,43 @@ class GrpcClient(_Client):
 
 def load_images(paths: list[str | Path], image_shape: tuple[int, ...]) -> np.ndarray:
     """Float32 images in [0, 1], shaped [N, *image_shape], from image files and .npy arrays."""
+    return load_named_images(paths, image_shape)[0]
+
+
+def load_named_images(paths: list[str | Path],
+                      image_shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    """`load_images` and a display name per image: the file's path, or `FILE[i]` for the
+    i-th image of a .npy batch."""
+    batches, names = [], []
+    for path in map(Path, paths):
+        array = _load_image_file(path, image_shape)
+        batches.append(array)
+        names += [str(path)] if len(array) == 1 else [f"{path}[{i}]" for i in range(len(array))]
+    return np.concatenate(batches), names
+
+
+def _load_image_file(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     from PIL import Image
 
     height, width, channels = image_shape
-    batches = []
-    for path in map(Path, paths):
-        if path.suffix == ".npy":
-            array = np.load(path)
-            if array.dtype == np.uint8:
-                array = array.astype(np.float32) / 255.0
-            if array.ndim == len(image_shape) - 1 and channels == 1:
-                array = array[..., None]
-            if array.ndim == len(image_shape):
-                array = array[None]
-        else:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                array = np.asarray(image, np.float32)[None] / 255.0
-            if channels == 1:
-                array = array[..., None]
-        if tuple(array.shape[1:]) != tuple(image_shape):
-            raise ValueError(f"{path}: images of shape {list(array.shape[1:])}, the model takes "
-                             f"{list(image_shape)} (height, width, channels)")
-        batches.append(array.astype(np.float32))
-    return np.concatenate(batches)
+    if path.suffix == ".npy":
+        array = np.load(path)
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        if array.ndim == len(image_shape) - 1 and channels == 1:
+            array = array[..., None]
+        if array.ndim == len(image_shape):
+            array = array[None]
+    else:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(image, np.float32)[None] / 255.0
+        if channels == 1:
+            array = array[..., None]
+    if tuple(array.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"{path}: images of shape {list(array.shape[1:])}, the model takes "
+                         f"{list(image_shape)} (height, width, channels)")
+    return array.astype(np.float32)
 
 
 def save_images(images: np.ndarray, paths: list[Path]) -> None:
@@ -246,13 +297,6 @@ def save_images(images: np.ndarray, paths: list[Path]) -> None:
     for image, path in zip(images, paths):
         pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
-
-
-def _names(paths: list[str], count: int) -> list[str]:
-    """One display name per image: the file, or file[i] for the i-th image of a .npy batch."""
-    if len(paths) == count:
-        return list(paths)
-    return [f"batch[{i}]" for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -284,8 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "metadata":
             print(json.dumps(client.metadata(args.model, args.version), indent=2))
             return
-        images = load_images(args.images, client.input_shape(args.model))
-        names = _names(args.images, len(images))
+        images, names = load_named_images(args.images, client.input_shape(args.model))
         if args.command == "classify":
             classes, probabilities = client.classify(images, args.model, args.version)
             for name, label, p in zip(names, classes, probabilities):

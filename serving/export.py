@@ -10,7 +10,6 @@ N defaults to the next free version, so re-exporting into a served base path rol
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,14 +28,14 @@ def export_run(run_dir: str | Path, model_base_path: str | Path,
     """Exports the run's newest checkpoint under `model_base_path`; returns model name → the
     version folder written. Refuses to overwrite an existing version: versions are immutable
     once a server may have loaded them."""
-    from l2lda_tf.experiment import load_run
+    from l2lda_tf.experiment import load_run, read_run
 
     run_dir, base = Path(run_dir), Path(model_base_path)
+    _, shapes = read_run(run_dir)
     trainer = load_run(run_dir)
-    shapes = json.loads((run_dir / "run.json").read_text())
     image_shape, num_classes = tuple(shapes["image_shape"]), int(shapes["num_classes"])
-    generator = getattr(trainer, "generator", None)
-    names = [name for name in MODEL_NAMES if name == "classifier" or generator is not None]
+    names = [name for name in MODEL_NAMES
+             if name == "classifier" or trainer.generator is not None]
 
     if version is None:
         version = next_version(base, names)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,13 +23,16 @@ from serving.client import DEFAULT_REST, GrpcClient, RestClient, ServingClientEr
 
 @dataclass
 class LoadResult:
+    """What a load test saw. Rates count answered requests only (a fast failure is no
+    throughput); the percentiles are of answered requests, None if none was answered."""
+
     requests: int
     errors: int
     seconds: float
     requests_per_second: float
     images_per_second: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
     first_error: str = ""
 
 
@@ -51,8 +55,8 @@ def run_load(make_client: Callable[[], object], model: str, images: np.ndarray,
             try:
                 client.predict(model, {"images": images})
                 mine.append(time.perf_counter() - start)
-            except (ServingClientError, OSError) as error:
-                failed.append(str(error))
+            except Exception as error:  # any failure is counted, none ends the thread
+                failed.append(f"{type(error).__name__}: {error}")
         with lock:
             latencies.extend(mine)
             errors.extend(failed)
@@ -64,10 +68,13 @@ def run_load(make_client: Callable[[], object], model: str, images: np.ndarray,
     for thread in pool:
         thread.join()
     seconds = time.perf_counter() - start
-    ms = np.asarray(latencies or [np.nan]) * 1000
-    return LoadResult(requests, len(errors), seconds, requests / seconds,
-                      requests * len(images) / seconds, float(np.percentile(ms, 50)),
-                      float(np.percentile(ms, 99)), errors[0] if errors else "")
+    answered = len(latencies)
+    p50 = p99 = None
+    if answered:
+        p50, p99 = (float(p) for p in np.percentile(np.asarray(latencies) * 1000, [50, 99]))
+    return LoadResult(requests, len(errors), seconds, answered / seconds,
+                      answered * len(images) / seconds, p50, p99,
+                      errors[0] if errors else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     def make_client():
         return GrpcClient(args.grpc) if args.grpc else RestClient(args.rest or DEFAULT_REST)
 
-    shape = make_client().input_shape(args.model)
+    if args.requests < 1 or args.threads < 1 or args.batch < 1:
+        sys.exit("error: --requests, --threads and --batch must be positive")
+    try:
+        shape = make_client().input_shape(args.model)
+    except (ServingClientError, OSError, ValueError) as error:
+        where = args.grpc or args.rest or DEFAULT_REST
+        sys.exit(f"error: cannot get {args.model}'s input shape from {where}: {error} "
+                 "(is the server running there?)")
     images = np.random.default_rng(0).uniform(size=(args.batch, *shape)).astype(np.float32)
     result = run_load(make_client, args.model, images, args.requests, args.threads)
     print(json.dumps({"transport": "grpc" if args.grpc else "rest", "batch": args.batch,

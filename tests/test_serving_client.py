@@ -3,20 +3,17 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from l2lda_tf.experiment import load_run
-from serving.client import GrpcClient, RestClient, ServingClientError, load_images, main
-from serving.export import export_run
-from serving.server import ModelServer
+from serving.client import (
+    GrpcClient,
+    RestClient,
+    ServingClientError,
+    load_images,
+    load_named_images,
+    main,
+)
 
+pytest_plugins = ["tests.serving_fixtures"]  # exported, server, trainer
 SHAPE = (12, 12, 1)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_l2lda_run, tmp_path_factory):
-    base = tmp_path_factory.mktemp("client_models")
-    export_run(tiny_l2lda_run, base)
-    with ModelServer(base / "models.config", rest_port=0, grpc_port=0) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +21,6 @@ def clients(server):
     grpc_client = GrpcClient(f"127.0.0.1:{server.grpc_port}")
     yield {"rest": RestClient(f"http://127.0.0.1:{server.rest_port}"), "grpc": grpc_client}
     grpc_client.close()
-
-
-@pytest.fixture(scope="module")
-def trainer(tiny_l2lda_run):
-    return load_run(tiny_l2lda_run)
 
 
 def images(n=3):
@@ -65,6 +57,22 @@ def test_metadata_and_errors_look_the_same_on_both_transports(clients, transport
         client.classify(images() * 2)
 
 
+def test_rest_and_grpc_return_the_signatures_dtypes(clients):
+    rest, grpc = (clients[t].predict("classifier", {"images": images()}) for t in ("rest", "grpc"))
+    assert {k: v.dtype for k, v in rest.items()} == {k: v.dtype for k, v in grpc.items()} == {
+        "probabilities": np.float32, "classes": np.int64}
+
+
+def test_names_keep_the_file_of_each_image(tmp_path):
+    np.save(tmp_path / "one.npy", images(1)[0])
+    np.save(tmp_path / "two.npy", images(2))
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "a.png")
+    paths = [tmp_path / "one.npy", tmp_path / "a.png", tmp_path / "two.npy"]
+    loaded, names = load_named_images(paths, SHAPE)
+    assert loaded.shape == (4, *SHAPE)
+    assert names == [str(paths[0]), str(paths[1]), f"{paths[2]}[0]", f"{paths[2]}[1]"]
+
+
 def test_load_images_reads_png_and_npy(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (12, 12), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
@@ -88,8 +96,8 @@ def test_command_line_classifies_and_attacks(server, trainer, tmp_path, capsys, 
     main([*where, "classify", str(tmp_path / "batch.npy")])
     expected = tf.nn.softmax(trainer.classifier(x, training=False)).numpy()
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"batch[{i}]: class {p.argmax()} (probability {p.max():.3f})"
-                     for i, p in enumerate(expected)]
+    assert lines == [f"{tmp_path / 'batch.npy'}[{i}]: class {p.argmax()} "
+                     f"(probability {p.max():.3f})" for i, p in enumerate(expected)]
 
     main([*where, "attack", str(tmp_path / "batch.npy"), "--labels", "1", "--seed", "3",
           "--out", str(tmp_path / "adv")])

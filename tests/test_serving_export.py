@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import sys
@@ -9,18 +10,17 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from l2lda_tf.experiment import load_run
 from l2lda_tf.export import WARMUP_FILE, generator_module, next_version
 from serving.export import export_run, main
 
+pytest_plugins = ["tests.serving_fixtures"]  # exported, server, trainer
 SHAPE = (12, 12, 1)
 
 
-@pytest.fixture(scope="module")
-def base(tiny_l2lda_run, tmp_path_factory):
-    base = tmp_path_factory.mktemp("models")
-    export_run(tiny_l2lda_run, base)
-    return base
+
+@pytest.fixture
+def base(exported):
+    return exported
 
 
 def saved_model_cli(*args) -> str:
@@ -70,6 +70,21 @@ def test_reexport_takes_the_next_free_version_and_never_overwrites(tiny_l2lda_ru
         export_run(tiny_l2lda_run, tmp_path, version=0)
 
 
+def test_exports_are_readable_by_other_users(tiny_l2lda_run, tmp_path):
+    """tempfile.mkdtemp made version folders 0700: a TF Serving running as another user could
+    not read them. Now they get the modes the umask gives plain folders and files."""
+    old = os.umask(0o022)
+    try:
+        written = export_run(tiny_l2lda_run, tmp_path)
+    finally:
+        os.umask(old)
+    for version in written.values():
+        tree = [version, *version.rglob("*")]
+        assert {oct(p.stat().st_mode & 0o777) for p in tree if p.is_dir()} == {"0o755"}
+        assert {oct(p.stat().st_mode & 0o777) for p in tree if p.is_file()} == {"0o644"}
+    assert oct((tmp_path / "models.config").stat().st_mode & 0o777) == "0o644"
+
+
 @pytest.mark.slow
 def test_saved_model_cli_shows_the_documented_signatures(base):
     classifier = saved_model_cli("show", "--dir", base / "classifier" / "1", "--all")
@@ -85,8 +100,7 @@ def test_saved_model_cli_shows_the_documented_signatures(base):
 
 
 @pytest.mark.slow
-def test_saved_model_cli_run_equals_the_in_process_models(base, tiny_l2lda_run, tmp_path):
-    trainer = load_run(tiny_l2lda_run)
+def test_saved_model_cli_run_equals_the_in_process_models(base, trainer, tmp_path):
     x = np.random.default_rng(0).uniform(size=(4, *SHAPE)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     saved_model_cli("run", "--dir", base / "classifier" / "1", "--tag_set", "serve",

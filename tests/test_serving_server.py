@@ -1,3 +1,4 @@
+import dataclasses
 import http.client
 import json
 import os
@@ -21,34 +22,17 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from l2lda_tf.experiment import load_run
-from serving.client import RestClient
-from serving.export import export_run
+from serving.client import RestClient, ServingClientError
+from serving.loadtest import main as loadtest_main
 from serving.loadtest import run_load
 from serving.registry import LoadedVersion
 from serving.server import ModelServer
+from serving.server import main as server_main
 
+pytest_plugins = ["tests.serving_fixtures"]  # exported, server, trainer
 SHAPE = (12, 12, 1)
-MAX_REQUEST_BYTES = 200_000
+MAX_REQUEST_BYTES = 200_000  # the shared server's limit
 
-
-@pytest.fixture(scope="module")
-def exported(tiny_l2lda_run, tmp_path_factory):
-    base = tmp_path_factory.mktemp("served")
-    export_run(tiny_l2lda_run, base)
-    return base
-
-
-@pytest.fixture(scope="module")
-def server(exported):
-    with ModelServer(exported / "models.config", rest_port=0, grpc_port=0, poll_seconds=0.2,
-                     max_request_bytes=MAX_REQUEST_BYTES) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def trainer(tiny_l2lda_run):
-    return load_run(tiny_l2lda_run)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +296,60 @@ def test_a_small_concurrent_load_has_no_errors(server):
     result = run_load(lambda: RestClient(f"http://127.0.0.1:{server.rest_port}"), "classifier",
                       x, requests=100, threads=8)
     assert result.errors == 0, result.first_error
-    assert result.p99_ms >= result.p50_ms > 0
+    assert result.requests_per_second == pytest.approx(100 / result.seconds)
+    assert result.images_per_second == pytest.approx(400 / result.seconds)
+
+
+class _ScriptedClient:
+    """Answers after `delay` seconds, but fails at once on every `fail_every`-th call."""
+
+    def __init__(self, delay: float, fail_every: int):
+        self.delay, self.fail_every, self.calls = delay, fail_every, 0
+
+    def predict(self, model, inputs):
+        self.calls += 1
+        if self.fail_every and self.calls % self.fail_every == 0:
+            raise ServingClientError(503, f"call {self.calls} refused")
+        time.sleep(self.delay)
+        return {}
+
+
+def test_load_test_counts_only_answered_requests_and_times_them():
+    result = run_load(lambda: _ScriptedClient(0.02, fail_every=2), "m", images(2), requests=40,
+                      threads=2)
+    assert (result.requests, result.errors) == (40, 20)
+    assert result.first_error == "ServingClientError: 503: call 2 refused"
+    assert result.requests_per_second == pytest.approx(20 / result.seconds)  # not 40 / seconds
+    assert result.images_per_second == pytest.approx(40 / result.seconds)
+    assert 20 <= result.p50_ms < 20 + 200  # the answered calls' sleep, not the failures' 0 ms
+    assert result.p99_ms >= result.p50_ms
+
+
+def test_load_test_of_only_failures_prints_null_not_nan(capsys, monkeypatch):
+    result = run_load(lambda: _ScriptedClient(0, fail_every=1), "m", images(1), requests=5,
+                      threads=1)
+    assert (result.errors, result.requests_per_second, result.p50_ms, result.p99_ms) == (
+        5, 0, None, None)
+    assert "NaN" not in json.dumps(dataclasses.asdict(result))
+    with pytest.raises(SystemExit, match="cannot get classifier's input shape from "
+                                         "http://127.0.0.1:9.*is the server running"):
+        loadtest_main(["--rest", "http://127.0.0.1:9", "--requests", "1"])
+
+
+def test_start_up_problems_end_in_one_line(exported, server, tmp_path):
+    with pytest.raises(SystemExit, match=r"error: model config .*nope.config does not exist"):
+        server_main(["--model-config", str(tmp_path / "nope.config")])
+    (tmp_path / "bad.config").write_text("model_config_list { config { name: ")
+    with pytest.raises(SystemExit, match="error: .*bad.config is not a ModelServerConfig"):
+        server_main(["--model-config", str(tmp_path / "bad.config")])
+    config = str(exported / "models.config")
+    with pytest.raises(SystemExit, match=rf"error: cannot listen for REST on 127.0.0.1:"
+                                         rf"{server.rest_port} .*pick another --rest-port"):
+        server_main(["--model-config", config, "--rest-port", str(server.rest_port)])
+    with pytest.raises(SystemExit, match=rf"error: cannot bind the gRPC server to 127.0.0.1:"
+                                         rf"{server.grpc_port} .*another --grpc-port"):
+        server_main(["--model-config", config, "--rest-port", "0",
+                     "--grpc-port", str(server.grpc_port)])
 
 
 @pytest.mark.slow
