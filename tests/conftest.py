@@ -43,6 +43,15 @@ def tiny_l2lda_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture
+def online(monkeypatch):
+    """tensorflow-datasets' download hosts count as reachable (for tests under
+    `tfds.testing.mock_data`, which download nothing)."""
+    import l2lda_tf.data.tfds_arrays as tfds_arrays
+
+    monkeypatch.setattr(tfds_arrays, "unreachable", lambda url: None)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from l2lda_tf.data import load_digits

@@ -91,7 +91,7 @@ def test_real_mnist_test_set():
     assert 30 < data.train_images.mean() < 40  # MNIST's mean intensity is about 33
 
 
-def test_mnist_through_tfds():
+def test_mnist_through_tfds(online):
     with tfds.testing.mock_data(num_examples=12):
         data = load_mnist_tfds()
     assert data.image_shape == (28, 28, 1)

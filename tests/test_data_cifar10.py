@@ -148,7 +148,7 @@ def test_a_batch_that_is_not_a_pickle_or_runs_code():
         read_cifar_batch(pickle.dumps({b"data": Exploit()}), "b2")
 
 
-def test_cifar10_through_tfds():
+def test_cifar10_through_tfds(online):
     with tfds.testing.mock_data(num_examples=12):
         data = load_dataset("cifar10")
     assert data.image_shape == (32, 32, 3) and data.num_classes == 10

@@ -66,6 +66,16 @@ def zip_tree(root, directory):
     return directory / "tiny-imagenet-200.zip"
 
 
+@pytest.fixture(autouse=True)
+def miniature_shape(monkeypatch):
+    """The miniature tree's shape stands in for the official archive's."""
+    import l2lda_tf.data.tiny_imagenet as tiny
+
+    monkeypatch.setattr(tiny, "EXPECTED", {"classes": len(WNIDS),
+                                           "train_per_class": TRAIN_PER_CLASS,
+                                           "validation": len(VAL)})
+
+
 @pytest.fixture
 def tree(tmp_path):
     return write_tiny_imagenet(tmp_path / "extracted")
