@@ -84,8 +84,11 @@ def check_index(directory: Path, repair: bool = True) -> None:
         raise RuntimeError(f"the checkpoint index {index} {what}; rerun the chief to rebuild it")
     if index.exists():
         os.replace(index, directory / f"{INDEX}.damaged")
+    # the manager keeps (and rotates) the checkpoints whose timestamps are recorded
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + \
-        [f'all_model_checkpoint_paths: "{name}"' for name in names]
+        [f'all_model_checkpoint_paths: "{name}"' for name in names] + \
+        [f"all_model_checkpoint_timestamps: {(directory / f'{name}.index').stat().st_mtime}"
+         for name in names]
     fd, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", dir=directory)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")

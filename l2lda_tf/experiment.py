@@ -115,9 +115,12 @@ def check_run_dir(out_dir: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise NotARunError(f"cannot create run directory {out_dir}: {existing} is a file")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise NotARunError(f"cannot write to {existing}: read-only file system; choose a run "
+                           "directory where you can write")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise NotARunError(f"cannot write to {existing} (read-only file system or no "
-                           "permission); choose a run directory where you can write")
+        raise NotARunError(f"cannot write to {existing}: permission denied; choose a run "
+                           "directory where you can write")
 
 
 def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict,
