@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from l2lda_tf.data import load_cifar10_local, load_dataset, read_cifar_batch
+from l2lda_tf.data import load_cifar10_local, load_cifar10_tfds, load_dataset, read_cifar_batch
 from training.fit import main
 
 BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
@@ -156,7 +156,22 @@ def test_cifar10_through_tfds(online):
     assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int64
 
 
-def test_offline_tfds_download_says_what_to_do(monkeypatch):
+def test_offline_tfds_download_says_what_to_do(monkeypatch, tmp_path):
+    import l2lda_tf.data.tfds_arrays as tfds_arrays
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("tfds.load must not be tried offline")
+
+    monkeypatch.setattr(tfds_arrays, "unreachable", lambda url: "Failed to resolve")
+    monkeypatch.setattr(tfds, "load", no_load)
+    with pytest.raises(RuntimeError, match="cifar10 is not prepared .* cannot be downloaded "
+                       r"\(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz unreachable: "
+                       r"Failed to resolve\)\. Without network, download "
+                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz elsewhere"):
+        load_cifar10_tfds(data_dir=str(tmp_path / "tfds"))
+
+
+def test_failed_tfds_download_says_what_to_do(monkeypatch, online):
     import requests
 
     def offline(*args, **kwargs):
@@ -165,8 +180,18 @@ def test_offline_tfds_download_says_what_to_do(monkeypatch):
     monkeypatch.setattr(tfds, "load", offline)
     with pytest.raises(RuntimeError, match="could not download CIFAR-10 .*Failed to resolve.*"
                        "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
-                       "elsewhere and pass --data-dir"):
+                       "elsewhere"):
         load_dataset("cifar10")
+
+
+def test_data_dir_that_is_a_file_or_missing(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(FileNotFoundError, match="afile is a file; give the folder holding "
+                       "cifar-10-python.tar.gz"):
+        load_cifar10_local(afile)
+    with pytest.raises(FileNotFoundError, match="does not exist; download https://"):
+        load_cifar10_local(tmp_path / "nowhere")
 
 
 @pytest.mark.slow
