@@ -238,7 +238,7 @@ def test_init_from_starts_l2lda_from_the_clean_classifier(cifar_dir, tmp_path):
     for ours, theirs in zip(first.weights, pretrained):
         np.testing.assert_array_equal(ours, theirs)
 
-    with pytest.raises(ValueError, match=r"--init-from .*clean: its classifier is resnet20 for "
+    with pytest.raises(ValueError, match=r"initial run .*clean: its classifier is resnet20 for "
                        r"10 classes of \(32, 32, 3\) images; this run needs lenet5"):
         train(preset("cifar10", "pgd", classifier="lenet5"), tmp_path / "other", dataset=data,
               init_from=clean)
