@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class Checkpointer:
 
     def __init__(self, trainer, directory: str | Path, max_to_keep: int = 2,
                  writer: bool = True):
+        self.directory = Path(directory)
+        check_index(self.directory, repair=writer)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
         self.checkpoint = tf.train.Checkpoint(completed_epochs=self.epoch, **trainer.state())
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep)
@@ -59,6 +62,40 @@ class Checkpointer:
         with tempfile.TemporaryDirectory(prefix="l2lda-worker-") as scratch:
             self.checkpoint.write(os.path.join(scratch, "ckpt"))
         return None
+
+
+INDEX = "checkpoint"  # the CheckpointManager's index of the checkpoints it keeps
+CHECKPOINT = re.compile(r"ckpt-(\d+)\.index")
+
+
+def check_index(directory: Path, repair: bool = True) -> None:
+    """Makes sure a damaged or missing index never hides the checkpoints beside it (TensorFlow
+    would ignore them and start over, overwriting them): the index is rebuilt from the
+    `ckpt-N` files present, the damaged one kept as `checkpoint.damaged`. `repair=False` (a
+    non-chief worker) raises instead."""
+    found = sorted(int(m.group(1)) for p in directory.glob("ckpt-*.index")
+                    if (m := CHECKPOINT.fullmatch(p.name)))
+    index = directory / INDEX
+    if not found or (index.exists() and tf.train.get_checkpoint_state(str(directory))):
+        return
+    names = [f"ckpt-{n}" for n in found]
+    what = "is damaged" if index.exists() else "is missing"
+    if not repair:
+        raise RuntimeError(f"the checkpoint index {index} {what}; rerun the chief to rebuild it")
+    if index.exists():
+        os.replace(index, directory / f"{INDEX}.damaged")
+    # the manager keeps (and rotates) the checkpoints whose timestamps are recorded
+    lines = [f'model_checkpoint_path: "{names[-1]}"'] + \
+        [f'all_model_checkpoint_paths: "{name}"' for name in names] + \
+        [f"all_model_checkpoint_timestamps: {(directory / f'{name}.index').stat().st_mtime}"
+         for name in names]
+    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, index)
+    log.warning("the checkpoint index %s %s; rebuilt it from %s%s", index, what,
+                ", ".join(names), f" (the damaged one is {INDEX}.damaged)" if what ==
+                "is damaged" else "")
 
 
 class CheckpointEachEpoch(keras.callbacks.Callback):

@@ -1,6 +1,6 @@
 """Training configurations: one frozen dataclass, with the paper's settings as presets.
 
-A preset is the paper's hyperparameter row for a dataset (ALGORITHM.md, "Hyperparameters");
+A preset is the paper's hyperparameter row for a dataset (docs/algorithm.md, "Hyperparameters");
 command-line flags override single fields through `dataclasses.replace`.
 """
 
@@ -8,53 +8,82 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass
 
 DEFENSES = ("plain", "pgd", "l2l", "l2lda")
 
 
+class ConfigError(ValueError):
+    """A `TrainConfig` field with a value it cannot take; `field` names it, `problem` says why
+    (command-line tools put their own flag name in front of `problem`)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def _field(default, help: str, low=None, high=None, *, above: bool = False,
+           below: bool = False):
+    """A dataclass field with its help line (for the command line) and its allowed range:
+    `low` ≤ value (`above`: <) and value ≤ `high` (`below`: <); None leaves a side open."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "low": low, "high": high, "above": above, "below": below})
+
+
+SEED_LIMIT = 2**31 - 1  # NumPy, TensorFlow and keras-tuner (which adds 1) all take it
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run; saved as `config.json` beside it."""
+    """Everything that determines a training run; saved as `config.json` beside it.
 
-    dataset: str
-    classifier: str
-    defense: str = "l2lda"
-    epsilon: float = 0.3  # ε, radius of the ℓ∞ ball, pixels in [0, 1]
-    lam: float = 0.02  # λ, weight of the diversity term
-    g_lr: float = 0.01
-    f_lr: float = 0.01
-    lr_decay: float = 0.1  # γ: the classifier's rate is multiplied by it at `lr_decay_step`
+    Every field is checked on construction (type, finite, range), so a bad value fails before
+    anything is trained or written.
+    """
+
+    dataset: str = dataclasses.field(metadata={"help": "dataset the run trains on"})
+    classifier: str = dataclasses.field(metadata={"help": "classifier architecture"})
+    defense: str = _field("l2lda", "training method")
+    epsilon: float = _field(0.3, "ε, radius of the ℓ∞ ball, pixels in [0, 1]", 0, 1,
+                            above=True)
+    lam: float = _field(0.02, "λ, weight of the diversity term", 0)
+    g_lr: float = _field(0.01, "generator learning rate", 0, above=True)
+    f_lr: float = _field(0.01, "classifier learning rate", 0, above=True)
+    lr_decay: float = _field(0.1, "γ: the classifier's rate is multiplied by it at "
+                             "lr_decay_step", 0, 1, above=True)
     # the step (clean warm-up included) at which the classifier's rate drops by γ: None for half
     # of the run's steps, 0 for never; the generator's rate stays constant (the authors' code)
-    lr_decay_step: int | None = None
-    batch_size: int = 100
-    epochs: int = 10
-    steps_per_epoch: int | None = None  # None: one pass over the training split
-    unroll_steps: int = 10  # T
-    alpha: float = 0.25  # α, the mini-step: δ_{t+1} = clip(δ_t + α·ε·o_t)
-    noise_dim: int = 8  # d, dimension of z
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    clip_norm: float = 1.0
-    clean_warmup_steps: int = 0  # clean-only classifier steps first, rounded up to whole epochs
-    epsilon_warmup_epochs: int = 0  # ε grows linearly from 0 over these epochs
-    clean_share: float = 0.0  # PGD training: share of each batch left clean
-    pgd_steps: int = 10  # k of PGD-k adversarial training
-    eval_pgd_steps: int = 10  # k of the PGD-k accuracy reported on the eval split
-    seed: int = 0
+    lr_decay_step: int | None = _field(None, "step (clean warm-up included) at which the "
+                                       "classifier's rate drops by γ; 0: never; default: half "
+                                       "the run", 0)
+    batch_size: int = _field(100, "global batch size (split over replicas)", 1)
+    epochs: int = _field(10, "epochs to train in all", 1)
+    steps_per_epoch: int | None = _field(None, "steps per epoch; default: one pass over the "
+                                         "training split", 1)
+    unroll_steps: int = _field(10, "T, steps of the generator's unrolled attack", 1)
+    alpha: float = _field(0.25, "α, the unroll's mini-step: δ_{t+1} = clip(δ_t + α·ε·o_t)",
+                          0, above=True)
+    noise_dim: int = _field(8, "d, dimension of the generator's noise z", 0)
+    momentum: float = _field(0.9, "SGD momentum of both optimizers", 0, 1, below=True)
+    weight_decay: float = _field(1e-5, "weight decay of both optimizers", 0)
+    clip_norm: float = _field(1.0, "gradients are clipped to this global norm", 0, above=True)
+    clean_warmup_steps: int = _field(0, "clean-only classifier steps first, rounded up to "
+                                     "whole epochs", 0)
+    epsilon_warmup_epochs: int = _field(0, "ε grows linearly from 0 over these epochs", 0)
+    clean_share: float = _field(0.0, "PGD training: share of each batch left clean", 0, 1,
+                                below=True)
+    pgd_steps: int = _field(10, "k of PGD-k adversarial training", 1)
+    eval_pgd_steps: int = _field(10, "k of the PGD-k accuracy reported on the eval split", 1)
+    seed: int = _field(0, "seed of every random choice of the run", 0, SEED_LIMIT)
 
     def __post_init__(self) -> None:
         if self.defense not in DEFENSES:
-            raise ValueError(f"unknown defense {self.defense!r}; expected one of {DEFENSES}")
-        if not 0 < self.epsilon <= 1:
-            raise ValueError(f"epsilon must be in (0, 1] for images in [0, 1], got {self.epsilon}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be positive")
-        if not 0 <= self.clean_share < 1:
-            raise ValueError(f"clean_share must be in [0, 1), got {self.clean_share}")
-        if self.unroll_steps < 1 or self.pgd_steps < 1 or self.eval_pgd_steps < 1:
-            raise ValueError("unroll_steps, pgd_steps and eval_pgd_steps must be positive")
+            raise ConfigError("defense", f"must be one of {', '.join(DEFENSES)}, got "
+                                         f"{self.defense!r}")
+        for name, kind in field_types().items():
+            check_value(name, getattr(self, name), kind)
 
     def decay_step(self, total_steps: int) -> int:
         """The step at which the classifier's rate drops by γ (0: never)."""
@@ -73,7 +102,52 @@ class TrainConfig:
         return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
 
 
-# The paper's rows (ALGORITHM.md). `digits` is the small real dataset that works offline:
+def field_types() -> dict[str, type]:
+    """TrainConfig's fields and their value types (int, float or str; None is allowed where the
+    annotation says `| None`, see `optional`)."""
+    hints = typing.get_type_hints(TrainConfig)
+    types = {}
+    for field in dataclasses.fields(TrainConfig):
+        kinds = [k for k in typing.get_args(hints[field.name]) if k is not type(None)]
+        types[field.name] = kinds[0] if kinds else hints[field.name]
+    return types
+
+
+def optional(name: str) -> bool:
+    """Whether field `name` may be None."""
+    return type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[name])
+
+
+def check_value(name: str, value, kind: type) -> None:
+    """Raises ConfigError unless `value` is of `kind` and, for numbers, finite and within the
+    field's range."""
+    if value is None and optional(name):
+        return
+    if kind is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(name, f"must be a non-empty string, got {value!r}")
+        return
+    number = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, number):
+        raise ConfigError(name, f"must be {'an integer' if kind is int else 'a number'}, got "
+                                f"{value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value}")
+    meta = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}[name]
+    low, high, above, below = meta["low"], meta["high"], meta["above"], meta["below"]
+    if (low is not None and (value <= low if above else value < low)) or \
+            (high is not None and (value >= high if below else value > high)):
+        raise ConfigError(name, f"must be in {describe_range(low, high, above, below)}, got "
+                                f"{value}")
+
+
+def describe_range(low, high, above: bool, below: bool) -> str:
+    """`(0, 1]`, `[0, ∞)` and the like."""
+    return (f"{'(' if above or low is None else '['}{'-∞' if low is None else low}, "
+            f"{'∞' if high is None else high}{')' if below or high is None else ']'}")
+
+
+# The paper's rows (docs/algorithm.md). `digits` is the small real dataset that works offline:
 # scikit-learn's 8×8 handwritten digits upsampled to MNIST's 28×28; ε = 0.1 because at 0.3 the
 # upsampled strokes can be erased outright and no defense is meaningful.
 PRESETS: dict[str, TrainConfig] = {
@@ -114,8 +188,9 @@ DEFENSE_OVERRIDES: dict[tuple[str, str], dict] = {
 def step_budget(total_steps: int, train_size: int, batch_size: int) -> dict[str, int]:
     """The `steps_per_epoch` and `epochs` overrides that train `total_steps` steps: whole passes
     over `train_size` images where they fit, one short epoch otherwise (rounded up to epochs)."""
-    if total_steps < 1:
-        raise ValueError(f"--steps must be positive, got {total_steps}")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"the total number of steps must be a positive integer, got "
+                         f"{total_steps}")
     per_epoch = min(total_steps, max(train_size // batch_size, 1))
     return {"steps_per_epoch": per_epoch, "epochs": -(-total_steps // per_epoch)}
 

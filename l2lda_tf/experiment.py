@@ -11,8 +11,10 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -31,8 +33,9 @@ from l2lda_tf.data import (
     training_batches,
 )
 from l2lda_tf.export import export_trainer
+from l2lda_tf.models import CLASSIFIERS
 from l2lda_tf.monitoring import AdversarialImages, StuckAttackerWarning
-from l2lda_tf.trainers import build_trainer
+from l2lda_tf.trainers import PRECISIONS, build_trainer
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 500
@@ -82,20 +85,66 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+RUN_ENTRIES = {"config.json", "run.json", "checkpoints", "logs", "metrics.json", "export"}
+
+
+class NotARunError(ValueError):
+    """A run directory that holds something other than a run: it is never written to."""
+
+
+def check_run_dir(out_dir: Path) -> None:
+    """Raises unless `out_dir` can be a run directory: missing (its nearest existing ancestor a
+    writable directory), or a directory holding only what a run writes. Without config.json
+    only `checkpoints/` may be there (a warm start), so files a run would overwrite are never
+    someone else's."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotARunError(f"run directory {out_dir} is a file")
+    if out_dir.is_dir():
+        entries = {p.name for p in out_dir.iterdir() if not p.name.startswith(".")}
+        allowed = RUN_ENTRIES if (out_dir / "config.json").is_file() else {"checkpoints"}
+        foreign = sorted(entries - allowed)
+        if foreign:
+            raise NotARunError(f"{out_dir} holds {', '.join(foreign[:3])}"
+                               f"{', …' if len(foreign) > 3 else ''}, which is not a training "
+                               "run; choose a new or empty run directory")
+        for name in ("checkpoints", "logs", "export"):
+            if (out_dir / name).exists() and not (out_dir / name).is_dir():
+                raise NotARunError(f"{out_dir / name} is a file where the run keeps a folder")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotARunError(f"cannot create run directory {out_dir}: {existing} is a file")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise NotARunError(f"cannot write to {existing}: read-only file system; choose a run "
+                           "directory where you can write")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NotARunError(f"cannot write to {existing}: permission denied; choose a run "
+                           "directory where you can write")
+
+
 def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict,
-                    write: bool = True) -> None:
+                    write: bool = True) -> TrainConfig:
     """Creates the run directory, or checks that an existing one was made by the same config
-    on data of the same shape (classes, image shape, steps per epoch). `write=False` (a
-    non-chief worker) only checks."""
-    if write:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    on data of the same shape (classes, image shape, steps per epoch), and returns the
+    configuration to train. `write=False` (a non-chief worker) only checks.
+
+    Two differences are allowed: more `epochs` extend a run (its decay step is pinned where it
+    was, so the schedule of the epochs done does not change), and `lr_decay_step` None keeps
+    the run's own."""
+    check_run_dir(out_dir)
     config_path, info_path = out_dir / "config.json", out_dir / "run.json"
     if config_path.exists():
         try:
             saved = TrainConfig.from_json(config_path.read_text())
         except (ValueError, TypeError) as err:
             raise ValueError(f"{config_path} is not a valid configuration ({err})") from err
+        if config.lr_decay_step is None:
+            config = dataclasses.replace(config, lr_decay_step=saved.lr_decay_step)
+        extended = config.epochs > saved.epochs
         changed = saved.differences(config)
+        if extended:
+            changed.pop("epochs")
         if info_path.exists():
             saved_info = json.loads(info_path.read_text())
             changed.update({k: (saved_info.get(k), run_info[k]) for k in DATA_FIELDS
@@ -103,12 +152,56 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict,
         if changed:
             details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
             raise ValueError(f"{out_dir} holds a run with another configuration ({details}); "
-                             "rerun with the same settings and data to resume, or choose a "
-                             "new --out")
+                             "rerun with the same settings and data to resume (more epochs "
+                             "extend it), or choose a new run directory")
+        if extended:
+            total = saved.epochs * run_info["steps_per_epoch"]
+            config = dataclasses.replace(config, lr_decay_step=saved.decay_step(total))
+            log.info("extending %s from %d to %d epochs; the classifier's rate still drops at "
+                     "step %d", out_dir, saved.epochs, config.epochs, config.lr_decay_step)
+            if write:
+                write_atomically(config_path, config.to_json())
     elif write:
+        out_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(config_path, config.to_json())
     if write and not info_path.exists():
         write_atomically(info_path, json.dumps(run_info, indent=2))
+    return config
+
+
+def check_before_writing(config: TrainConfig, dataset: ImageDataset,
+                         strategy: tf.distribute.Strategy, precision: str) -> None:
+    """What `build_trainer` would refuse, checked before the run directory is touched."""
+    if config.classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {config.classifier!r}; known: "
+                         f"{sorted(CLASSIFIERS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    n_train = len(dataset.train_labels)
+    if config.batch_size > n_train:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {n_train} training "
+                         f"images of {dataset.name}")
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"batch size {config.batch_size} does not split evenly over "
+                         f"{replicas} replicas; use a multiple of {replicas}")
+
+
+def describe_devices(strategy: tf.distribute.Strategy) -> str:
+    """One line on where training runs: the GPUs, or the CPU."""
+    gpus = tf.config.list_logical_devices("GPU")
+    replicas = strategy.num_replicas_in_sync
+    where = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}" if gpus else \
+        f"CPU ({os.cpu_count()} cores)"
+    return where + (f", {replicas} replicas" if replicas > 1 else "")
+
+
+def read_metrics(out_dir: Path) -> dict | None:
+    """metrics.json of a run directory, or None when missing or unreadable."""
+    try:
+        return json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None,
@@ -128,31 +221,38 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
 
     `init_from`: a run directory whose classifier weights (e.g. clean pre-training with
     defense "plain") start a new run; a resumed run continues from its own checkpoint.
+    A finished run returns its metrics.json as it is; a larger `config.epochs` extends it.
+    Training that makes the loss or the weights non-finite stops with `NonFiniteError`,
+    before the broken state is checkpointed or exported.
     """
     out_dir = Path(out_dir)
     dataset = dataset or load_dataset(config.dataset, data_dir)
     if init_from:
         check_init_source(init_from, config, dataset)
-    n_train = len(dataset.train_labels)
-    if config.batch_size > n_train:
-        raise ValueError(f"batch size {config.batch_size} exceeds the {n_train} training "
-                         f"images of {dataset.name}")
-    steps_per_epoch = config.steps_per_epoch or n_train // config.batch_size
+    strategy = strategy or make_strategy()
+    check_before_writing(config, dataset, strategy, precision)
+    steps_per_epoch = config.steps_per_epoch or len(dataset.train_labels) // config.batch_size
     run_info = {"num_classes": dataset.num_classes, "image_shape": list(dataset.image_shape),
                 "steps_per_epoch": steps_per_epoch}
     if init_from:
         run_info["init_from"] = str(Path(init_from).resolve())
-    strategy = strategy or make_strategy()
     chief = is_chief(strategy)
-    prepare_run_dir(out_dir, config, run_info, write=chief)
+    config = prepare_run_dir(out_dir, config, run_info, write=chief)
     keras.utils.set_random_seed(config.seed)
     trainer = build_trainer(config, dataset.num_classes, dataset.image_shape, steps_per_epoch,
                             strategy, jit_compile, precision, recompute)
     checkpointer = Checkpointer(trainer, out_dir / "checkpoints", writer=chief)
     done = checkpointer.restore()
+    step = int(trainer.optimizer.iterations.numpy())
+    saved = read_metrics(out_dir)
+    if done >= config.epochs and saved and saved.get("steps") == step:
+        log.info("%s is finished (epoch %d, step %d); its metrics.json stands", out_dir, done,
+                 step)
+        if chief and export_models and not (out_dir / "export").exists():
+            export_trainer(trainer, dataset.image_shape, dataset.num_classes, out_dir / "export")
+        return saved
     if done:
-        log.info("resuming %s from epoch %d (step %d)", out_dir, done,
-                 int(trainer.optimizer.iterations.numpy()))
+        log.info("resuming %s from epoch %d (step %d)", out_dir, done, step)
     elif init_from:
         init_classifier(trainer, init_from)
         log.info("classifier initialized from %s", init_from)
@@ -165,22 +265,62 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
         if not chief:
             shutil.rmtree(log_dir, ignore_errors=True)
     if chief:
-        write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2,
-                                                              sort_keys=True))
         if export_models:
             export_trainer(trainer, dataset.image_shape, dataset.num_classes, out_dir / "export")
+        # written last: a run with metrics.json is complete, exports included
+        write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2,
+                                                              sort_keys=True))
     return metrics
+
+
+class NonFiniteError(RuntimeError):
+    """Training made the loss or the weights NaN or infinite."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training as soon as a logged loss or metric, or (at each epoch's end, before the
+    checkpoint) a weight, is NaN or infinite: the checkpoints already written stay the last
+    good state, and nothing broken is saved or exported."""
+
+    def __init__(self, checkpoint_dir: Path):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+
+    def fail(self, what: str, when: str):
+        raise NonFiniteError(
+            f"training diverged: {what} {when}; stopped before saving it (the checkpoints in "
+            f"{self.checkpoint_dir} hold the last good epoch). Lower the learning rates or λ "
+            "and train into a new run directory")
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in (logs or {}).items():
+            if not math.isfinite(float(value)):
+                self.fail(f"{key} is {float(value)}", f"at batch {batch + 1} of epoch "
+                          f"{self.epoch + 1}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            if not math.isfinite(float(value)):
+                self.fail(f"{key} is {float(value)}", f"at the end of epoch {epoch + 1}")
+        for variable in self.model.variables:
+            if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
+                self.fail(f"weight {variable.path} is not finite", f"after epoch {epoch + 1}")
 
 
 def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done: int,
                log_dir: Path, verbose: int | str, callbacks: list) -> dict:
     """Runs the clean warm-up and the adversarial epochs from epoch `done` on, then returns
-    the eval split's metrics."""
+    the eval split's metrics (the random state reset to the run's seed first, so the same
+    weights always report the same figures)."""
     config = trainer.config
     eval_data = eval_batches(dataset.eval_images, dataset.eval_labels, EVAL_BATCH)
     monitor = 16 if dataset.num_classes <= 16 else 32
     steps_per_epoch = trainer.steps_per_epoch
     callbacks = [
+        StopOnNonFinite(checkpointer.directory),  # first: before anything saves the epoch
         CheckpointEachEpoch(checkpointer),
         keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
         AdversarialImages(log_dir, dataset.eval_images[:monitor] / 255.0,
@@ -200,6 +340,7 @@ def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done:
                     shuffle=False)
         done = end
 
+    keras.utils.set_random_seed(config.seed)
     metrics = {k: float(v) for k, v in trainer.evaluate(eval_data, return_dict=True,
                                                         verbose=0).items()}
     metrics["steps"] = int(trainer.optimizer.iterations.numpy())
@@ -207,7 +348,7 @@ def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done:
 
 
 def read_run(run_dir: Path, role: str = "") -> tuple[TrainConfig, dict]:
-    """A run directory's config.json and run.json; `role` (e.g. "--init-from") prefixes the
+    """A run directory's config.json and run.json; `role` (e.g. "the initial run") prefixes the
     error for a directory that is not a run."""
     for name in ("config.json", "run.json"):
         if not (run_dir / name).exists():
@@ -235,11 +376,11 @@ def check_init_source(run_dir: str | Path, config: TrainConfig, dataset: ImageDa
     """Raises unless `run_dir` is a run whose classifier fits this one (architecture, classes,
     image shape), before anything is written."""
     run_dir = Path(run_dir)
-    source, shapes = read_run(run_dir, "--init-from")
+    source, shapes = read_run(run_dir, "the initial run")
     theirs = (source.classifier, shapes["num_classes"], tuple(shapes["image_shape"]))
     ours = (config.classifier, dataset.num_classes, dataset.image_shape)
     if theirs != ours:
-        raise ValueError(f"--init-from {run_dir}: its classifier is {theirs[0]} for "
+        raise ValueError(f"initial run {run_dir}: its classifier is {theirs[0]} for "
                          f"{theirs[1]} classes of {theirs[2]} images; this run needs "
                          f"{ours[0]} for {ours[1]} classes of {ours[2]} images")
 

@@ -29,18 +29,34 @@ def make_tiny_dataset() -> ImageDataset:
     return ImageDataset("tiny", *split(40), *split(16), num_classes=3)
 
 
+def tiny_config(defense: str = "plain", **overrides):
+    """The digits preset shrunk for `tiny_dataset`: batches of 8 (5 steps an epoch), one
+    epoch, 2-step attacks, no ε warm-up; `overrides` change single fields."""
+    from l2lda_tf.config import preset
+
+    fields = dict(batch_size=8, epochs=1, unroll_steps=2, pgd_steps=2, eval_pgd_steps=2,
+                  epsilon_warmup_epochs=0)
+    return preset("digits", defense, **{**fields, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_l2lda_run(tmp_path_factory) -> Path:
     """A trained L2L-DA run on the tiny data (one short epoch), made once for all tests that
     load, export or serve a run."""
-    from l2lda_tf.config import preset
     from l2lda_tf.experiment import train
 
     run_dir = tmp_path_factory.mktemp("tiny_l2lda_run")
-    config = preset("digits", "l2lda", batch_size=8, epochs=1, unroll_steps=2,
-                    eval_pgd_steps=2, epsilon_warmup_epochs=0)
-    train(config, run_dir, dataset=make_tiny_dataset(), verbose=0)
+    train(tiny_config("l2lda"), run_dir, dataset=make_tiny_dataset(), verbose=0)
     return run_dir
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """tensorflow-datasets' download hosts count as reachable (for tests under
+    `tfds.testing.mock_data`, which download nothing)."""
+    import l2lda_tf.data.tfds_arrays as tfds_arrays
+
+    monkeypatch.setattr(tfds_arrays, "unreachable", lambda url: None)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,11 @@ def test_idx_errors_name_the_problem(tmp_path):
     (tmp_path / "short.gz").write_bytes(gzip.compress(data))
     with pytest.raises(ValueError, match="truncated or corrupt"):
         read_idx(tmp_path / "short.gz")
+    # a header cut after 6 bytes: names the file instead of numpy's "buffer is smaller"
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03\x00\x00"))
+    with pytest.raises(ValueError, match=r"cut.gz: IDX header cut short \(6 bytes, a "
+                       r"3-dimensional header needs 16\)"):
+        read_idx(tmp_path / "cut.gz")
     (tmp_path / "junk.gz").write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match="not a readable IDX file"):
         read_idx(tmp_path / "junk.gz")
@@ -91,11 +96,40 @@ def test_real_mnist_test_set():
     assert 30 < data.train_images.mean() < 40  # MNIST's mean intensity is about 33
 
 
-def test_mnist_through_tfds():
+def test_mnist_through_tfds(online):
     with tfds.testing.mock_data(num_examples=12):
         data = load_mnist_tfds()
     assert data.image_shape == (28, 28, 1)
     assert len(data.train_labels) == 12 and len(data.eval_labels) == 12
+
+
+def test_offline_mnist_fails_at_once_saying_what_to_download(monkeypatch, tmp_path):
+    import time
+
+    import l2lda_tf.data.tfds_arrays as tfds_arrays
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("tfds.load must not be tried offline")
+
+    monkeypatch.setattr(tfds_arrays, "unreachable", lambda url: "Name or service not known")
+    monkeypatch.setattr(tfds, "load", no_load)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"mnist is not prepared in .*tfds and cannot be "
+                       r"downloaded \(https://storage.googleapis.com/cvdf-datasets/mnist/ "
+                       r"unreachable: Name or service not known\)\. Without network, download "
+                       r"train-images-idx3-ubyte.gz, .*t10k-labels-idx1-ubyte.gz from"):
+        load_mnist_tfds(data_dir=str(tmp_path / "tfds"))
+    assert time.monotonic() - start < 5
+
+
+def test_unreachable_host_is_reported_within_seconds():
+    import time
+
+    from l2lda_tf.data.tfds_arrays import PROBE_SECONDS, unreachable
+
+    start = time.monotonic()
+    assert unreachable("https://l2lda-test.invalid/mnist/")  # .invalid never resolves
+    assert time.monotonic() - start < PROBE_SECONDS + 2
 
 
 def test_unknown_dataset_lists_known_ones():

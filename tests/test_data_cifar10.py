@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from l2lda_tf.data import load_cifar10_local, load_dataset, read_cifar_batch
+from l2lda_tf.data import load_cifar10_local, load_cifar10_tfds, load_dataset, read_cifar_batch
 from training.fit import main
 
 BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
@@ -148,7 +148,7 @@ def test_a_batch_that_is_not_a_pickle_or_runs_code():
         read_cifar_batch(pickle.dumps({b"data": Exploit()}), "b2")
 
 
-def test_cifar10_through_tfds():
+def test_cifar10_through_tfds(online):
     with tfds.testing.mock_data(num_examples=12):
         data = load_dataset("cifar10")
     assert data.image_shape == (32, 32, 3) and data.num_classes == 10
@@ -156,7 +156,22 @@ def test_cifar10_through_tfds():
     assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int64
 
 
-def test_offline_tfds_download_says_what_to_do(monkeypatch):
+def test_offline_tfds_download_says_what_to_do(monkeypatch, tmp_path):
+    import l2lda_tf.data.tfds_arrays as tfds_arrays
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("tfds.load must not be tried offline")
+
+    monkeypatch.setattr(tfds_arrays, "unreachable", lambda url: "Failed to resolve")
+    monkeypatch.setattr(tfds, "load", no_load)
+    with pytest.raises(RuntimeError, match="cifar10 is not prepared .* cannot be downloaded "
+                       r"\(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz unreachable: "
+                       r"Failed to resolve\)\. Without network, download "
+                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz elsewhere"):
+        load_cifar10_tfds(data_dir=str(tmp_path / "tfds"))
+
+
+def test_failed_tfds_download_says_what_to_do(monkeypatch, online):
     import requests
 
     def offline(*args, **kwargs):
@@ -165,8 +180,18 @@ def test_offline_tfds_download_says_what_to_do(monkeypatch):
     monkeypatch.setattr(tfds, "load", offline)
     with pytest.raises(RuntimeError, match="could not download CIFAR-10 .*Failed to resolve.*"
                        "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
-                       "elsewhere and pass --data-dir"):
+                       "elsewhere"):
         load_dataset("cifar10")
+
+
+def test_data_dir_that_is_a_file_or_missing(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(FileNotFoundError, match="afile is a file; give the folder holding "
+                       "cifar-10-python.tar.gz"):
+        load_cifar10_local(afile)
+    with pytest.raises(FileNotFoundError, match="does not exist; download https://"):
+        load_cifar10_local(tmp_path / "nowhere")
 
 
 @pytest.mark.slow
@@ -213,7 +238,7 @@ def test_init_from_starts_l2lda_from_the_clean_classifier(cifar_dir, tmp_path):
     for ours, theirs in zip(first.weights, pretrained):
         np.testing.assert_array_equal(ours, theirs)
 
-    with pytest.raises(ValueError, match=r"--init-from .*clean: its classifier is resnet20 for "
+    with pytest.raises(ValueError, match=r"initial run .*clean: its classifier is resnet20 for "
                        r"10 classes of \(32, 32, 3\) images; this run needs lenet5"):
         train(preset("cifar10", "pgd", classifier="lenet5"), tmp_path / "other", dataset=data,
               init_from=clean)

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -64,6 +65,16 @@ def zip_tree(root, directory):
     directory.mkdir(parents=True, exist_ok=True)
     shutil.make_archive(str(directory / "tiny-imagenet-200"), "zip", root.parent, root.name)
     return directory / "tiny-imagenet-200.zip"
+
+
+@pytest.fixture(autouse=True)
+def miniature_shape(monkeypatch):
+    """The miniature tree's shape stands in for the official archive's."""
+    import l2lda_tf.data.tiny_imagenet as tiny
+
+    monkeypatch.setattr(tiny, "EXPECTED", {"classes": len(WNIDS),
+                                           "train_per_class": TRAIN_PER_CLASS,
+                                           "validation": len(VAL)})
 
 
 @pytest.fixture
@@ -194,6 +205,49 @@ def test_bad_annotations(tree):
     (tree / "val" / "val_annotations.txt").unlink()
     with pytest.raises(FileNotFoundError, match="lacks tiny-imagenet-200/val/val_annotations"):
         load_tiny_imagenet_folder(tree)
+
+
+def test_an_archive_of_another_shape_is_refused(tree, tmp_path, monkeypatch):
+    import l2lda_tf.data.tiny_imagenet as tiny
+
+    monkeypatch.setattr(tiny, "EXPECTED", {"classes": 200, "train_per_class": 500,
+                                           "validation": 10_000})
+    archive = zip_tree(tree, tmp_path / "manual")
+    message = (r"is not the official Tiny ImageNet \(3 classes, 3 classes without 500 training "
+               r"images \(e.g. n09256479: 3\), 4 annotated validation images; it has 200 "
+               r"classes of 500 training images and 10,000 validation images\)")
+    with pytest.raises(ValueError, match=message):
+        load_tiny_imagenet_tfds(data_dir=tmp_path / "tfds", manual_dir=archive.parent)
+    assert not (tmp_path / "tfds" / "tiny_imagenet").exists() or \
+        not tfds.builder("tiny_imagenet", data_dir=tmp_path / "tfds").is_prepared()
+    with pytest.raises(ValueError, match=message):
+        load_tiny_imagenet_folder(tree)
+
+
+def test_the_cache_is_tied_to_the_archive_it_was_prepared_from(tree, tmp_path):
+    archive = zip_tree(tree, tmp_path / "a")
+    first = load_tiny_imagenet_tfds(data_dir=tmp_path / "tfds", manual_dir=archive.parent)
+    # the same archive again loads the cache
+    again = load_tiny_imagenet_tfds(data_dir=tmp_path / "tfds", manual_dir=archive.parent)
+    assert as_dict(again.train_images, again.train_labels) == \
+        as_dict(first.train_images, first.train_labels)
+    # another archive of the same shape is refused, not silently replaced by the cache
+    (tree / "val" / "images" / "val_0.JPEG").write_bytes(jpeg(2, 77))
+    other = zip_tree(tree, tmp_path / "b")
+    with pytest.raises(ValueError, match=r"the tiny_imagenet cache in .*tfds/tiny_imagenet/1.0.0 "
+                       r"was prepared from another archive than .*b/tiny-imagenet-200.zip; "
+                       r"delete"):
+        load_tiny_imagenet_tfds(data_dir=tmp_path / "tfds", manual_dir=other.parent)
+
+
+def test_a_missing_or_file_data_dir_says_what_belongs_there(tmp_path):
+    wanted = ("it should hold tiny-imagenet-200.zip (download http://cs231n.stanford.edu/"
+              "tiny-imagenet-200.zip) or the extracted tiny-imagenet-200/ folder")
+    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist; " + re.escape(wanted)):
+        load_tiny_imagenet(tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"afile is a file; " + re.escape(wanted)):
+        load_tiny_imagenet(tmp_path / "afile")
 
 
 @pytest.mark.slow

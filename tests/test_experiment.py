@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -10,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from l2lda_tf.config import preset
 from l2lda_tf.experiment import train
+from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +32,7 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
 
 
 def small_config(defense="plain", **overrides):
-    fields = dict(batch_size=8, epochs=3, eval_pgd_steps=2, unroll_steps=2, pgd_steps=2,
-                  epsilon_warmup_epochs=0)
-    return preset("digits", defense, **{**fields, **overrides})
+    return tiny_config(defense, **{"epochs": 3, **overrides})
 
 
 def test_run_directory_layout(tmp_path, tiny_dataset):
@@ -160,3 +159,146 @@ def test_rerun_on_other_data_is_refused_and_bad_batch_writes_nothing(tmp_path, t
     with pytest.raises(ValueError, match="batch size 64 exceeds the 40 training images"):
         train(small_config(batch_size=64), fresh, dataset=tiny_dataset, verbose=0)
     assert not fresh.exists()
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets the classifier's trainable variable `which` to NaN before batch 2 of `epoch`."""
+
+    def __init__(self, epoch, which):
+        super().__init__()
+        self.epoch_to_poison, self.epoch, self.which = epoch, 0, which
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == self.epoch_to_poison and batch == 1:
+            weight = self.model.classifier.trainable_variables[self.which]
+            weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+
+
+# NaN logits make the loss NaN; a NaN conv kernel does not (oneDNN's ReLU maps NaN to 0), so
+# only the weights checked at the epoch's end show it
+@pytest.mark.parametrize("which,message", [
+    (-1, "loss is nan at batch 2 of epoch 2"),
+    (0, "weight lenet5/conv1/kernel is not finite after epoch 2"),
+])
+def test_non_finite_training_stops_before_saving_or_exporting(tmp_path, tiny_dataset, which,
+                                                              message):
+    from l2lda_tf.checkpoints import Checkpointer
+    from l2lda_tf.experiment import NonFiniteError
+    from l2lda_tf.trainers import build_trainer
+
+    config = small_config()
+    with pytest.raises(NonFiniteError, match=f"training diverged: {message}"):
+        train(config, tmp_path, dataset=tiny_dataset, verbose=0,
+              callbacks=[PoisonWeights(2, which)])
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "export").exists()
+    trainer = build_trainer(config, 3, (12, 12, 1), steps_per_epoch=5)
+    assert Checkpointer(trainer, tmp_path / "checkpoints").restore() == 1  # the good epoch
+    assert all(np.isfinite(w).all() for w in trainer.classifier.get_weights())
+
+
+def test_damaged_checkpoint_index_is_rebuilt_not_restarted(tmp_path, tiny_dataset, caplog):
+    caplog.set_level(logging.INFO)
+    from l2lda_tf.checkpoints import Checkpointer
+    from l2lda_tf.trainers import build_trainer
+
+    config = small_config(epochs=2)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path, dataset=tiny_dataset, verbose=0,
+              callbacks=[InterruptAfterEpoch(2)])
+    index = tmp_path / "checkpoints" / "checkpoint"
+    index.write_text("garbage {{{")
+    trainer = build_trainer(config, 3, (12, 12, 1), steps_per_epoch=5)
+    assert Checkpointer(trainer, tmp_path / "checkpoints").restore() == 2
+    assert "rebuilt it from ckpt-5, ckpt-10" in caplog.text
+    assert (tmp_path / "checkpoints" / "checkpoint.damaged").read_text() == "garbage {{{"
+    index.unlink()  # a missing index beside checkpoints is rebuilt too
+    assert Checkpointer(trainer, tmp_path / "checkpoints").restore() == 2
+    index.write_text("garbage")
+    with pytest.raises(RuntimeError, match="checkpoint index .* is damaged"):
+        Checkpointer(trainer, tmp_path / "checkpoints", writer=False)
+    metrics = train(config, tmp_path, dataset=tiny_dataset, verbose=0)
+    assert metrics["steps"] == 10
+    assert "resuming" in caplog.text and "from epoch 2 (step 10)" in caplog.text
+
+
+def test_run_directory_that_is_not_a_run_is_refused_and_left_alone(tmp_path, tiny_dataset):
+    from l2lda_tf.experiment import NotARunError
+
+    other = tmp_path / "other"
+    precious = other / "export" / "classifier" / "1" / "notes.txt"
+    precious.parent.mkdir(parents=True)
+    precious.write_text("mine")
+    with pytest.raises(NotARunError, match="holds export, which is not a training run"):
+        train(small_config(epochs=1), other, dataset=tiny_dataset, verbose=0)
+    assert precious.read_text() == "mine" and sorted(p.name for p in other.iterdir()) == \
+        ["export"]
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotARunError, match="afile is a file"):
+        train(small_config(epochs=1), afile / "run", dataset=tiny_dataset, verbose=0)
+    with pytest.raises(NotARunError, match="run directory .*afile is a file"):
+        train(small_config(epochs=1), afile, dataset=tiny_dataset, verbose=0)
+
+
+def test_read_only_file_system_is_refused_before_writing(tmp_path, tiny_dataset, monkeypatch):
+    import l2lda_tf.experiment as experiment
+
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, path):
+            self.f_flag = real(path).f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(experiment.os, "statvfs", ReadOnly)
+    with pytest.raises(experiment.NotARunError, match="read-only file system"):
+        train(small_config(epochs=1), tmp_path / "run", dataset=tiny_dataset, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_path_that_is_a_file_is_refused_before_training(tmp_path, tiny_dataset):
+    from l2lda_tf.experiment import NotARunError
+
+    train(small_config(epochs=1), tmp_path, dataset=tiny_dataset, verbose=0,
+          export_models=False)
+    (tmp_path / "export").write_text("not a folder")
+    with pytest.raises(NotARunError, match="export is a file where the run keeps a folder"):
+        train(small_config(epochs=2), tmp_path, dataset=tiny_dataset, verbose=0)
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 5
+
+
+def test_finished_run_is_extended_with_its_decay_step_pinned(tmp_path, tiny_dataset, caplog):
+    caplog.set_level(logging.INFO)
+    train(small_config(epochs=2), tmp_path, dataset=tiny_dataset, verbose=0)
+    metrics = train(small_config(epochs=3), tmp_path, dataset=tiny_dataset, verbose=0)
+    assert metrics["steps"] == 15
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["epochs"], saved["lr_decay_step"]) == (3, 5)  # half of the first 10 steps
+    assert "extending" in caplog.text and "still drops at step 5" in caplog.text
+    # the same command again finds it finished; fewer epochs cannot shorten it
+    assert train(small_config(epochs=3), tmp_path, dataset=tiny_dataset, verbose=0) == metrics
+    with pytest.raises(ValueError, match="epochs: saved 3, now 2"):
+        train(small_config(epochs=2), tmp_path, dataset=tiny_dataset, verbose=0)
+
+
+def test_rerun_of_a_finished_run_leaves_metrics_alone(tmp_path, tiny_dataset):
+    config = small_config("l2lda", epochs=1)
+    first = train(config, tmp_path, dataset=tiny_dataset, verbose=0)
+    path = tmp_path / "metrics.json"
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    assert train(config, tmp_path, dataset=tiny_dataset, verbose=0) == first
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+
+
+def test_the_same_weights_report_the_same_figures(tmp_path, tiny_dataset):
+    # resumed and uninterrupted runs end with the same weights; evaluation restarts from the
+    # run's seed, so they report the same figures, PGD accuracy included
+    config = small_config("pgd", epochs=2)
+    reference = train(config, tmp_path / "reference", dataset=tiny_dataset, verbose=0)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "run", dataset=tiny_dataset, verbose=0,
+              callbacks=[InterruptAfterEpoch(1)])
+    assert train(config, tmp_path / "run", dataset=tiny_dataset, verbose=0) == reference

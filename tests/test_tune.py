@@ -169,6 +169,38 @@ def test_cli_reports_bad_flag_combinations(tmp_path, capsys):
     assert "drop --g-lr and --f-lr" in capsys.readouterr().err
 
 
+def test_cli_help_lists_exactly_the_options_it_has(capsys):
+    import dataclasses
+
+    from l2lda_tf.cli import flag_name
+    from training.tune import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m training.tune")
+    assert "--lambda" not in text  # λ is searched, never set
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in ("dataset", "defense", "lam"):
+            assert flag_name(field.name) in text
+    # each option the help names is accepted
+    args = parse_args(["--out", "x", "--unroll-steps", "3", "--g-lr", "0.5", "--seed", "4"])
+    assert (args.unroll_steps, args.g_lr, args.seed) == (3, 0.5, 4)
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--lambda", "0.1"])
+    assert "unrecognized arguments: --lambda" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_values_before_writing(tmp_path, capsys):
+    out = tmp_path / "search"
+    assert main(["--f-lr", "nan", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "error: --f-lr must be a finite number, got nan\n"
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["--steps", "4", "--epochs", "2", "--out", str(out)])
+    assert "drop --epochs" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_trains_the_best_values_on_the_full_training_split(tmp_path, monkeypatch, digits):
     seen = []

@@ -9,31 +9,41 @@ training.fit would. Distributed: keras-tuner's KERASTUNER_TUNER_ID / KERASTUNER_
 KERASTUNER_ORACLE_PORT variables make this process the chief (the oracle) or a worker.
 """
 
+# ruff: noqa: E402 - TensorFlow must stay quiet from its import on
 from __future__ import annotations
+
+if __name__ == "__main__":
+    from l2lda_tf.cli import quiet_startup
+
+    quiet_startup()
 
 import argparse
 import logging
 import sys
 
+from l2lda_tf.cli import add_config_flags, config_overrides, error_message
 from l2lda_tf.config import DEFENSES, step_budget
 from l2lda_tf.config import preset as make_preset
 from l2lda_tf.data import DATASETS, load_dataset
+from l2lda_tf.models import CLASSIFIERS
 from l2lda_tf.tuning import TUNERS, is_worker, run_search, train_best, validation_size
 from l2lda_tf.tuning.search import DEFAULT_VALIDATION_SHARE
-from training.fit import OVERRIDES as FIT_OVERRIDES
 
-# flag → TrainConfig field; λ is always searched, so it has no flag here
-OVERRIDES = {**{k: v for k, v in FIT_OVERRIDES.items() if k != "lam"}, "unroll_steps": int}
+# λ is always searched, so it has no flag here
+NOT_FLAGS = ("dataset", "defense", "lam")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="digits", choices=DATASETS)
-    parser.add_argument("--defense", default="l2lda", choices=DEFENSES)
+    parser.add_argument("--dataset", default="digits", choices=DATASETS,
+                        help="dataset, and the preset the configuration starts from")
+    parser.add_argument("--defense", default="l2lda", choices=DEFENSES,
+                        help="training method whose λ is searched")
     parser.add_argument("--out", required=True, help="search directory (created, or resumed)")
-    parser.add_argument("--data-dir", help="local dataset files (mnist: official IDX .gz files)")
-    parser.add_argument("--tuner", default="bayesian", choices=TUNERS)
+    parser.add_argument("--data-dir", help="local dataset files, as for training.fit")
+    parser.add_argument("--tuner", default="bayesian", choices=TUNERS,
+                        help="keras-tuner search algorithm")
     parser.add_argument("--max-trials", type=int, default=10,
                         help="trials to run in all (random, bayesian; hyperband sets its own)")
     parser.add_argument("--tune-rates", action="store_true",
@@ -42,24 +52,35 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="share of the training split held out to score trials")
     parser.add_argument("--train-best", action="store_true",
                         help="after the search, train the best values into OUT/best")
-    parser.add_argument("--steps", type=int,
-                        help="training steps per trial instead of --epochs (hyperband: per "
-                             "bracket epoch unit)")
-    for field, kind in OVERRIDES.items():
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind,
-                            help=f"overrides the preset's {field}")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                        help="0 silent, 1 one table per trial, 2 also each trial's epochs")
-    return parser.parse_args(argv)
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="training steps per trial instead of --epochs and "
+                             "--steps-per-epoch (hyperband: per bracket epoch unit)")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2, 3), default=1,
+                        help="0 silent, 1 one table per trial, 2 also each trial's epochs, 3 as "
+                             "2 plus TensorFlow's own start-up logs and warnings")
+    fields = add_config_flags(parser, skip=NOT_FLAGS, choices={"classifier": sorted(CLASSIFIERS)})
+    args = parser.parse_args(argv)
+    if args.steps is not None:
+        given = [flag for flag, value in (("--epochs", args.epochs),
+                                          ("--steps-per-epoch", args.steps_per_epoch))
+                 if value is not None]
+        if given:
+            parser.error(f"--steps sets the number of epochs and steps per epoch; drop "
+                         f"{' and '.join(given)}")
+        if args.steps < 1:
+            parser.error(f"--steps must be a positive integer, got {args.steps}")
+    args.fields = fields
+    return args
 
 
-def base_config(args: argparse.Namespace, train_size: int):
+def base_config(args: argparse.Namespace, train_size: int | None):
     """The preset with the flags applied; --steps fixes steps per epoch on the trials' (smaller)
-    training split, so the final run of --train-best gets the same step budget."""
-    overrides = {field: getattr(args, field) for field in OVERRIDES}
+    training split, so the final run of --train-best gets the same step budget (`train_size`
+    None: only check the other values, before the data is loaded)."""
+    overrides = config_overrides(args, args.fields)
     if args.tune_rates and (args.g_lr is not None or args.f_lr is not None):
         raise ValueError("--tune-rates searches the learning rates; drop --g-lr and --f-lr")
-    if args.steps is not None:
+    if args.steps is not None and train_size is not None:
         batch = args.batch_size or make_preset(args.dataset).batch_size
         trial_train = train_size - validation_size(train_size, args.validation_split)
         overrides.update(step_budget(args.steps, trial_train, batch))
@@ -70,11 +91,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        base_config(args, None)  # a bad value fails now, before any data is loaded
         dataset = load_dataset(args.dataset, args.data_dir)
         config = base_config(args, len(dataset.train_labels))
         best = run_search(config, dataset, args.out, tuner=args.tuner,
                           max_trials=args.max_trials, tune_rates=args.tune_rates,
-                          validation_share=args.validation_split, verbose=args.verbose)
+                          validation_share=args.validation_split,
+                          verbose=min(args.verbose, 2))
         if is_worker():
             return 0
         if best is None:
@@ -83,11 +106,11 @@ def main(argv=None) -> int:
                                   ("lam", "g_lr", "f_lr", "objective", "clean_acc")) +
               f" pgd{config.eval_pgd_steps}_acc={best[f'pgd{config.eval_pgd_steps}_acc']:.4f}")
         if args.train_best:
-            metrics = train_best(args.out, dataset, verbose=args.verbose)
+            metrics = train_best(args.out, dataset, verbose=min(args.verbose, 2))
             print("best run: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else
                                           f"{k}={v}" for k, v in sorted(metrics.items())))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     return 0
 

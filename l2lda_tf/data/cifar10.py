@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from l2lda_tf.data.dataset import ImageDataset
-from l2lda_tf.data.tfds_arrays import load_tfds_arrays
+from l2lda_tf.data.tfds_arrays import check_download_possible, load_tfds_arrays
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+TFDS_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"  # what TFDS downloads
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -91,8 +92,12 @@ def load_cifar10_local(data_dir: str | Path) -> ImageDataset:
     """CIFAR-10 (50,000 train / 10,000 test) from `data_dir` holding the official
     `cifar-10-python.tar.gz`, its extracted `cifar-10-batches-py/`, or being that folder."""
     data_dir = Path(data_dir)
+    if data_dir.is_file():
+        raise FileNotFoundError(f"CIFAR-10 data directory {data_dir} is a file; give the folder "
+                                f"holding {ARCHIVE} (or the extracted {FOLDER}/)")
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 data directory {data_dir} does not exist")
+        raise FileNotFoundError(f"CIFAR-10 data directory {data_dir} does not exist; download "
+                                f"{URL} into it (extracted or not)")
     if (data_dir / TEST_BATCH).exists():
         files = _read_folder(data_dir)
     elif (data_dir / FOLDER).is_dir():
@@ -101,7 +106,7 @@ def load_cifar10_local(data_dir: str | Path) -> ImageDataset:
         files = _read_archive(data_dir / ARCHIVE)
     else:
         raise FileNotFoundError(f"{data_dir} holds neither {ARCHIVE} nor {FOLDER}/: download "
-                                f"{URL} into {data_dir} (or omit --data-dir to use TFDS)")
+                                f"{URL} into {data_dir} (or load it through TFDS)")
     train = [read_cifar_batch(files[n], f"{data_dir}: {n}") for n in TRAIN_BATCHES]
     test_images, test_labels = read_cifar_batch(files[TEST_BATCH], f"{data_dir}: {TEST_BATCH}")
     return ImageDataset("cifar10", np.concatenate([x for x, _ in train]),
@@ -110,10 +115,14 @@ def load_cifar10_local(data_dir: str | Path) -> ImageDataset:
 
 def load_cifar10_tfds(data_dir: str | None = None) -> ImageDataset:
     """CIFAR-10 through tensorflow-datasets (downloads on first use into its data dir)."""
+    check_download_possible("cifar10", data_dir, TFDS_URL,
+                            f"Without network, download {URL} elsewhere and load CIFAR-10 "
+                            "from the directory holding it as the data directory")
     try:
         return load_tfds_arrays("cifar10", "cifar10", ("train", "test"), data_dir=data_dir)
     except OSError as err:  # requests' ConnectionError after TFDS's retries, among others
         if isinstance(err, FileNotFoundError):
             raise
         raise RuntimeError(f"tensorflow-datasets could not download CIFAR-10 ({err}); without "
-                           f"network, download {URL} elsewhere and pass --data-dir") from err
+                           f"network, download {URL} elsewhere and load CIFAR-10 from the "
+                           "directory holding it as the data directory") from err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 import numpy as np
 import tensorflow as tf
 
@@ -19,6 +22,38 @@ def split_arrays(split: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
         images.append(x)
         labels.append(y)
     return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int64)
+
+
+PROBE_SECONDS = 5
+
+
+def unreachable(url: str) -> str | None:
+    """Why `url` cannot be fetched (no network, unknown host, timeout), or None if its server
+    answers; takes at most `PROBE_SECONDS`."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                               timeout=PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        return None  # the server answered
+    except (OSError, ValueError) as err:
+        return str(getattr(err, "reason", err))
+    return None
+
+
+def check_download_possible(tfds_name: str, data_dir: str | None, url: str,
+                            offline_help: str) -> None:
+    """Unless `tfds_name` is prepared already, checks within seconds that `url` (where TFDS
+    downloads it from) answers, rather than let TFDS retry for minutes; raises RuntimeError
+    with `offline_help` (what to download, where to put it) when it does not."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    if builder.is_prepared():
+        return
+    reason = unreachable(url)
+    if reason is not None:
+        raise RuntimeError(f"{tfds_name} is not prepared in {builder.data_dir_root} and cannot "
+                           f"be downloaded ({url} unreachable: {reason}). {offline_help}")
 
 
 def load_tfds_arrays(tfds_name: str, name: str, splits: tuple[str, str],

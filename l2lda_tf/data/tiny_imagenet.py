@@ -12,6 +12,7 @@ The validation split is the evaluation split, as in the paper.
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -27,6 +28,8 @@ ARCHIVE = "tiny-imagenet-200.zip"
 FOLDER = "tiny-imagenet-200"
 SHAPE = (64, 64, 3)
 DECODE_BATCH = 1000
+# The official archive's shape: anything else (a partial or home-made tree) is refused
+EXPECTED = {"classes": 200, "train_per_class": 500, "validation": 10_000}
 
 
 class _Folder:
@@ -43,6 +46,14 @@ class _Folder:
 
     def files(self, rel_dir: str) -> list[str]:
         return sorted(p.name for p in (self.root / rel_dir).iterdir() if p.is_file())
+
+    def fingerprint(self) -> str:
+        """Identifies the tree's content cheaply: every file's path and size."""
+        digest = hashlib.sha256()
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(self.root).as_posix()}\0{path.stat().st_size}\n"
+                          .encode())
+        return "folder:" + digest.hexdigest()
 
 
 class _Zip:
@@ -76,6 +87,13 @@ class _Zip:
 
     def files(self, rel_dir: str) -> list[str]:
         return self.children.get(rel_dir.rstrip("/"), [])
+
+    def fingerprint(self) -> str:
+        """Identifies the archive's content from its directory: member names, sizes, CRCs."""
+        digest = hashlib.sha256()
+        for info in sorted(self.zip.infolist(), key=lambda i: i.filename):
+            digest.update(f"{info.filename}\0{info.file_size}\0{info.CRC}\n".encode())
+        return "zip:" + digest.hexdigest()
 
 
 def _read_text(tree, rel: str) -> str:
@@ -116,7 +134,31 @@ def index(tree) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     if missing:
         raise FileNotFoundError(f"{tree.where}: {len(missing)} validation images are missing, "
                                 f"e.g. {missing[0]}")
+    check_shape(tree.where, wnids, train, validation)
     return wnids, {"train": train, "validation": validation}
+
+
+def check_shape(where: str, wnids: list[str], train: list, validation: list) -> None:
+    """Raises unless the tree has the official archive's shape (`EXPECTED`): 200 classes of
+    500 training images each, and 10,000 annotated validation images."""
+    per_class = {wnid: 0 for wnid in wnids}
+    for path, _ in train:
+        per_class[path.split("/")[1]] += 1
+    wrong = {w: n for w, n in per_class.items() if n != EXPECTED["train_per_class"]}
+    problems = []
+    if len(wnids) != EXPECTED["classes"]:
+        problems.append(f"{len(wnids)} classes")
+    if wrong:
+        wnid, count = next(iter(wrong.items()))
+        problems.append(f"{len(wrong)} classes without {EXPECTED['train_per_class']} "
+                        f"training images (e.g. {wnid}: {count})")
+    if len(validation) != EXPECTED["validation"]:
+        problems.append(f"{len(validation)} annotated validation images")
+    if problems:
+        raise ValueError(f"{where} is not the official Tiny ImageNet ({', '.join(problems)}; "
+                         f"it has {EXPECTED['classes']} classes of "
+                         f"{EXPECTED['train_per_class']} training images and "
+                         f"{EXPECTED['validation']:,} validation images): download {URL} again")
 
 
 def check_jpeg(data: bytes, where: str) -> None:
@@ -141,7 +183,7 @@ def _open_manual(manual_dir: Path):
 def missing_archive_message(manual_dir: Path) -> str:
     """What to download and where to put it, for a manual directory without the archive."""
     return (f"Tiny ImageNet needs the official archive: download {URL} and put it, unextracted, "
-            f"at {manual_dir / ARCHIVE} (or pass --data-dir with the extracted {FOLDER}/ folder)")
+            f"at {manual_dir / ARCHIVE} (or load it from the extracted {FOLDER}/ folder)")
 
 
 class TinyImagenet(tfds.core.GeneratorBasedBuilder):
@@ -163,6 +205,8 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
                 "file_name": tfds.features.Text(),
             }),
             supervised_keys=("image", "label"),
+            # "source": the fingerprint of the archive it was prepared from
+            metadata=tfds.core.MetadataDict(),
             homepage="https://cs231n.stanford.edu/",
         )
 
@@ -170,11 +214,13 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
         try:
             manual_dir = Path(dl_manager.manual_dir)
         except AssertionError as err:  # the manual directory is missing or empty
-            raise FileNotFoundError(missing_archive_message(Path(dl_manager._manual_dir))) \
-                from err
+            raise FileNotFoundError(f"Tiny ImageNet needs the official archive: download {URL} "
+                                    f"and put it, unextracted, in the manual directory "
+                                    f"({str(err).splitlines()[0]})") from err
         tree = _open_manual(manual_dir)
         wnids, splits = index(tree)
         self.info.features["label"].names = wnids
+        self.info.metadata["source"] = tree.fingerprint()
         return {split: self._generate_examples(tree, items) for split, items in splits.items()}
 
     def _generate_examples(self, tree, items):
@@ -192,9 +238,22 @@ def load_tiny_imagenet_tfds(data_dir: str | Path | None = None,
     manual = Path(manual_dir) if manual_dir else Path(builder.data_dir_root) / "downloads/manual"
     if not builder.is_prepared():
         _open_manual(manual)  # fails early, naming the file to download
+    elif manual_dir:
+        check_source(builder, _open_manual(manual))
     return load_tfds_arrays("tiny_imagenet", "tiny_imagenet", ("train", "validation"),
                             data_dir=data_dir,
                             download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+
+
+def check_source(builder, tree) -> None:
+    """Refuses a TFDS cache prepared from another archive than `tree`: TFDS would load the
+    cache and silently ignore the archive given."""
+    prepared_from = builder.info.metadata.get("source") if builder.info.metadata else None
+    if prepared_from != tree.fingerprint():
+        raise ValueError(f"the tiny_imagenet cache in {builder.data_dir} was prepared from "
+                         f"{'another archive' if prepared_from else 'an unrecorded archive'} "
+                         f"than {tree.where}; delete {builder.data_dir} to prepare it from this "
+                         "one, or use another TFDS data directory")
 
 
 def load_tiny_imagenet_folder(folder: str | Path) -> ImageDataset:
@@ -246,8 +305,13 @@ def load_tiny_imagenet(data_dir: str | Path | None = None) -> ImageDataset:
     data_dir = Path(data_dir)
     if data_dir.is_file() and data_dir.name == ARCHIVE:
         return load_tiny_imagenet_tfds(manual_dir=data_dir.parent)
+    wanted = (f"it should hold {ARCHIVE} (download {URL}) or the extracted {FOLDER}/ folder, "
+              f"or be that folder")
+    if data_dir.is_file():
+        raise FileNotFoundError(f"Tiny ImageNet data directory {data_dir} is a file; {wanted}")
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"Tiny ImageNet data directory {data_dir} does not exist")
+        raise FileNotFoundError(f"Tiny ImageNet data directory {data_dir} does not exist; "
+                                f"{wanted}")
     if (data_dir / "wnids.txt").exists():
         return load_tiny_imagenet_folder(data_dir)
     if (data_dir / FOLDER / "wnids.txt").exists():
