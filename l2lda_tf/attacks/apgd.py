@@ -135,10 +135,11 @@ def apgd(model, x: tf.Tensor, y: tf.Tensor, epsilon, *, loss: str = "ce", steps:
          momentum: float = 0.75) -> tf.Tensor:
     """APGD on `model` (logits), white-box, ℓ∞ radius ε, pixels in [0, 1].
 
-    Each run starts at a random vertex-scaled point of the ball and takes `steps` momentum
-    steps (α = `momentum`) of size η, η⁽⁰⁾ = 2ε, halved per example at the checkpoints of
-    `checkpoints` when the objective rose in at most ρ of the last window's steps or the best
-    objective stalled since the previous checkpoint (then restarting from the best point).
+    Each run starts at a random point of the ball (uniform noise rescaled to |δ|∞ = ε) and takes
+    `steps` momentum steps (α = `momentum`) of size η, η⁽⁰⁾ = 2ε, halved per example at the
+    checkpoints of `checkpoints` when the objective rose in at most ρ of the last window's steps
+    or the best objective stalled since the previous checkpoint (then restarting from the best
+    point).
     `loss`: "ce" or "dlr". `targets` = 0: untargeted; k > 0: APGD-T, one run per target among
     the k highest-scoring wrong classes of the clean input (targeted CE or targeted DLR).
     Restarts and targets run only on the points still robust. Returns per example the most
