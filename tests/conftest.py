@@ -8,9 +8,8 @@ import pytest  # noqa: E402
 
 from l2lda_tf.data import ImageDataset  # noqa: E402
 
-# The real MNIST test set lives in shared/ beside the checkout, never in the repo.
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test"
-MNIST_DIR = Path(os.environ.get("L2LDA_MNIST_DIR", SHARED_MNIST))
+# The real MNIST test files (t10k IDX .gz) are never in the repo: L2LDA_MNIST_DIR names them.
+MNIST_DIR = Path(os.environ.get("L2LDA_MNIST_DIR", "/nonexistent/mnist-test"))
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The noise-diversity figure and number of a noise-conditioned generator (ALGORITHM.md,
-"Figure to reproduce"): one image per class attacked with several z."""
+"""The noise-diversity figure and number of a noise-conditioned generator (docs/algorithm.md,
+"The diversity figure"): one image per class attacked with several z."""
 
 from __future__ import annotations
 
