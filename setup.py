@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         # cleverhans: the independent reference our FGSM and PGD are checked against
-        "dev": ["pytest>=8,<10", "ruff>=0.6,<1", "hypothesis>=6.100,<7", "cleverhans>=4.0,<5"],
+        "dev": ["pytest>=8,<10", "ruff>=0.6,<1", "hypothesis>=6.100,<7", "cleverhans>=4.0,<5",
+                "psutil>=5.9,<8"],
     },
 )
