@@ -28,6 +28,6 @@ setup(
     extras_require={
         # cleverhans: the independent reference our FGSM and PGD are checked against
         "dev": ["pytest>=8,<10", "ruff>=0.6,<1", "hypothesis>=6.100,<7", "cleverhans>=4.0,<5",
-                "adversarial-robustness-toolbox>=1.17,<2", "dill>=0.3,<1"],
+                "adversarial-robustness-toolbox>=1.17,<2", "dill>=0.3,<1", "psutil>=5.9,<8"],
     },
 )

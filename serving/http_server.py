@@ -28,11 +28,12 @@ class HttpLimits:
 
     max_request_bytes: largest body (413 beyond, refused before it is read).
     max_inflight_bytes: bodies being read or decoded at once, in bytes; a request waits for
-        room (503 after `body_timeout`), so concurrent large bodies cannot exhaust memory.
+        room (503 after `queue_timeout`), so concurrent large bodies cannot exhaust memory.
     max_head_bytes: request line plus headers (414 for a longer URL, 431 for longer headers).
     header_timeout: seconds a client has to send a request's headers (408 after).
     body_timeout: seconds a client has to send its body once the headers are in (408 after).
     keep_alive_timeout: seconds an idle kept-alive connection stays open.
+    queue_timeout: seconds a request waits for room in `max_inflight_bytes` (503 after).
     max_connections: open connections; one more is answered 503 and closed.
     workers: threads decoding JSON and running the models.
     backlog: connections the kernel queues before `accept` (the old server had 5).
@@ -44,6 +45,7 @@ class HttpLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
+    queue_timeout: float = 30.0
     max_connections: int = 1024
     workers: int = 8
     backlog: int = 2048

@@ -185,7 +185,7 @@ class RestApi:
 
     def __init__(self, registry: ModelRegistry, limits: HttpLimits):
         self.registry, self.limits = registry, limits
-        self.budget = ByteBudget(limits.max_inflight_bytes, limits.body_timeout)
+        self.budget = ByteBudget(limits.max_inflight_bytes, limits.queue_timeout)
         self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="rest")
         self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=METHODS)])
 
