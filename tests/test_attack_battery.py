@@ -93,7 +93,7 @@ def test_l2lda_attack_copies_the_run_generator_and_counts_every_sample():
     # Replay the attack's S noise draws to get each sample's x_T and margin.
     replay = tf.random.Generator.from_state(attacker.rng.state.numpy(), attacker.rng.algorithm)
     per_sample = np.stack([margin(y, model(unrolled_attack(
-        model, attacker.generator, x, y, replay.normal([16, 8]), eps, 2).images[-1])).numpy()
+        model, attacker.generator, x, y, replay.normal([16, 8]), eps, steps=2).images[-1])).numpy()
         for _ in range(samples)])
     returned = margin(y, model(attacker.attack(x, y))).numpy()
     # Robust only if every sample fails: the returned image is the worst of the S samples
