@@ -30,11 +30,11 @@ def make_tiny_dataset() -> ImageDataset:
 
 def tiny_config(defense: str = "plain", **overrides):
     """The digits preset shrunk for `tiny_dataset`: batches of 8 (5 steps an epoch), one
-    epoch, 2-step attacks, no ε warm-up; `overrides` change single fields."""
+    epoch, 2-step attacks, no clean or ε warm-up; `overrides` change single fields."""
     from l2lda_tf.config import preset
 
     fields = dict(batch_size=8, epochs=1, unroll_steps=2, pgd_steps=2, eval_pgd_steps=2,
-                  epsilon_warmup_epochs=0)
+                  epsilon_warmup_epochs=0, clean_warmup_steps=0)
     return preset("digits", defense, **{**fields, **overrides})
 
 
