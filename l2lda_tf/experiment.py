@@ -328,7 +328,9 @@ def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done:
         StuckAttackerWarning(),
         *callbacks,
     ]
-    for adversarial, end in ((False, trainer.clean_warmup_epochs), (True, config.epochs)):
+    # a clean warm-up longer than the run takes the whole run
+    clean_end = min(trainer.clean_warmup_epochs, config.epochs)
+    for adversarial, end in ((False, clean_end), (True, config.epochs)):
         if done >= end:
             continue
         trainer.set_adversarial(adversarial)
