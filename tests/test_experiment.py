@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import os
@@ -272,6 +273,10 @@ def test_export_path_that_is_a_file_is_refused_before_training(tmp_path, tiny_da
 
 def test_finished_run_is_extended_with_its_decay_step_pinned(tmp_path, tiny_dataset, caplog):
     caplog.set_level(logging.INFO)
+
+    def small_config(epochs):  # the default schedule: the rate drops at half the run
+        return dataclasses.replace(globals()["small_config"](epochs=epochs), lr_decay_step=None)
+
     train(small_config(epochs=2), tmp_path, dataset=tiny_dataset, verbose=0)
     metrics = train(small_config(epochs=3), tmp_path, dataset=tiny_dataset, verbose=0)
     assert metrics["steps"] == 15
