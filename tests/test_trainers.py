@@ -1,3 +1,5 @@
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -194,7 +196,9 @@ def test_only_the_classifier_rate_decays_at_the_decay_step(tiny_dataset):
     never.optimizer.iterations.assign(10**6)
     assert float(never.optimizer.learning_rate) == pytest.approx(0.02)
     # default: half the run's steps, clean warm-up included
-    default = make_trainer(tiny_dataset, "plain", f_lr=0.02, lr_decay_step=None)
+    config = dataclasses.replace(tiny_config("plain", f_lr=0.02), lr_decay_step=None)
+    default = build_trainer(config, tiny_dataset.num_classes, tiny_dataset.image_shape,
+                            steps_per_epoch=len(tiny_dataset.train_labels) // config.batch_size)
     total = default.config.epochs * default.steps_per_epoch
     default.optimizer.iterations.assign(total // 2)
     assert float(default.optimizer.learning_rate) == pytest.approx(0.002)
