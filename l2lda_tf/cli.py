@@ -138,6 +138,20 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Iterable[str] = (),
     return added
 
 
+def check_steps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses `--steps` beside the `--epochs`/`--steps-per-epoch` it replaces, or below 1."""
+    if args.steps is None:
+        return
+    given = [flag for flag, value in (("--epochs", args.epochs),
+                                      ("--steps-per-epoch", args.steps_per_epoch))
+             if value is not None]
+    if given:
+        parser.error(f"--steps sets the number of epochs and steps per epoch; drop "
+                     f"{' and '.join(given)}")
+    if args.steps < 1:
+        parser.error(f"--steps must be a positive integer, got {args.steps}")
+
+
 def config_overrides(args: argparse.Namespace, fields: Iterable[str]) -> dict:
     """The values given for `fields` on the command line (None: not given)."""
     return {field: getattr(args, field) for field in fields}

@@ -21,7 +21,7 @@ import argparse
 import logging
 import sys
 
-from l2lda_tf.cli import add_config_flags, config_overrides, error_message
+from l2lda_tf.cli import add_config_flags, check_steps, config_overrides, error_message
 from l2lda_tf.config import DEFENSES, step_budget
 from l2lda_tf.config import preset as make_preset
 from l2lda_tf.data import DATASETS, load_dataset
@@ -60,15 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "2 plus TensorFlow's own start-up logs and warnings")
     fields = add_config_flags(parser, skip=NOT_FLAGS, choices={"classifier": sorted(CLASSIFIERS)})
     args = parser.parse_args(argv)
-    if args.steps is not None:
-        given = [flag for flag, value in (("--epochs", args.epochs),
-                                          ("--steps-per-epoch", args.steps_per_epoch))
-                 if value is not None]
-        if given:
-            parser.error(f"--steps sets the number of epochs and steps per epoch; drop "
-                         f"{' and '.join(given)}")
-        if args.steps < 1:
-            parser.error(f"--steps must be a positive integer, got {args.steps}")
+    check_steps(parser, args)
     args.fields = fields
     return args
 
