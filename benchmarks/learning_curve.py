@@ -24,8 +24,9 @@ import tensorflow as tf
 from l2lda_tf.attacks import pgd
 from l2lda_tf.config import preset, step_budget
 from l2lda_tf.data import eval_batches, load_dataset
-from l2lda_tf.experiment import train, write_atomically
-from l2lda_tf.trainers import auto_precision
+from l2lda_tf.experiment import train
+from l2lda_tf.files import write_atomically
+from l2lda_tf.trainers import PRECISIONS, auto_precision
 
 
 def robust_accuracy(classifier, batches, epsilon: float, steps: int, seed: int) -> float:
@@ -107,6 +108,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr-decay-step", type=int, default=0,
                         help="step of the classifier's rate decay (0: never, as the authors' "
                         "MNIST runs within these steps)")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                        help="Keras dtype policy of training (auto: as training.fit)")
     parser.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
 
@@ -120,7 +123,8 @@ def main(argv=None) -> None:
     batches = eval_batches(dataset.eval_images, dataset.eval_labels, 500)
     curve = LearningCurve(batches, config.epsilon, args.every, args.seed, out / "curve.json")
     metrics = train(config, out / "run", dataset=dataset, verbose=2, callbacks=[curve],
-                    precision=auto_precision(), export_models=False)
+                    precision=auto_precision() if args.precision == "auto" else args.precision,
+                    export_models=False)
     curve.save()
     print(json.dumps(metrics))
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from l2lda_tf.files import write_atomically
+
 log = logging.getLogger(__name__)
 
 
@@ -89,10 +91,7 @@ def check_index(directory: Path, repair: bool = True) -> None:
         [f'all_model_checkpoint_paths: "{name}"' for name in names] + \
         [f"all_model_checkpoint_timestamps: {(directory / f'{name}.index').stat().st_mtime}"
          for name in names]
-    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, index)
+    write_atomically(index, "\n".join(lines) + "\n")
     log.warning("the checkpoint index %s %s; rebuilt it from %s%s", index, what,
                 ", ".join(names), f" (the damaged one is {INDEX}.damaged)" if what ==
                 "is damaged" else "")

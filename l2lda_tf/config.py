@@ -69,8 +69,8 @@ class TrainConfig:
     momentum: float = _field(0.9, "SGD momentum of both optimizers", 0, 1, below=True)
     weight_decay: float = _field(1e-5, "weight decay of both optimizers", 0)
     clip_norm: float = _field(1.0, "gradients are clipped to this global norm", 0, above=True)
-    clean_warmup_steps: int = _field(0, "clean-only classifier steps first, rounded up to "
-                                     "whole epochs", 0)
+    clean_warmup_steps: int = _field(0, "clean-only classifier steps first (exactly: the "
+                                     "switch may fall mid-epoch)", 0)
     epsilon_warmup_epochs: int = _field(0, "ε grows linearly from 0 over these epochs", 0)
     clean_share: float = _field(0.0, "PGD training: share of each batch left clean", 0, 1,
                                 below=True)

@@ -33,6 +33,7 @@ from l2lda_tf.data import (
     training_batches,
 )
 from l2lda_tf.export import export_trainer
+from l2lda_tf.files import write_atomically
 from l2lda_tf.models import CLASSIFIERS
 from l2lda_tf.monitoring import AdversarialImages, StuckAttackerWarning
 from l2lda_tf.trainers import PRECISIONS, build_trainer
@@ -75,14 +76,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file, so `path` is never half-written."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 RUN_ENTRIES = {"config.json", "run.json", "checkpoints", "logs", "metrics.json", "export"}
@@ -310,6 +303,19 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 self.fail(f"weight {variable.path} is not finite", f"after epoch {epoch + 1}")
 
 
+class EndCleanWarmup(keras.callbacks.Callback):
+    """Switches the trainer to adversarial steps right after its `clean_warmup_steps`-th
+    step, mid-epoch if need be, so the warm-up is exactly as long as configured (the authors'
+    1,000 steps on MNIST, not 1,040 rounded up to whole epochs)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        trainer = self.model
+        if not trainer.adversarial and \
+                int(trainer.optimizer.iterations.numpy()) >= trainer.clean_warmup_steps:
+            trainer.set_adversarial(True)
+            trainer.make_train_function()  # Keras's fit calls `train_function` afresh each step
+
+
 def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done: int,
                log_dir: Path, verbose: int | str, callbacks: list) -> dict:
     """Runs the clean warm-up and the adversarial epochs from epoch `done` on, then returns
@@ -337,8 +343,9 @@ def run_epochs(trainer, checkpointer: Checkpointer, dataset: ImageDataset, done:
         batches = training_batches(dataset.train_images, dataset.train_labels,
                                    config.batch_size, config.seed, done, end,
                                    augmentation=augmentation_for(dataset.name))
+        phase = callbacks if adversarial else [EndCleanWarmup(), *callbacks]
         trainer.fit(batches, epochs=end, initial_epoch=done, steps_per_epoch=steps_per_epoch,
-                    validation_data=eval_data, callbacks=callbacks, verbose=verbose,
+                    validation_data=eval_data, callbacks=phase, verbose=verbose,
                     shuffle=False)
         done = end
 

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2lda_tf.attacks import unrolled_attack
+from l2lda_tf.files import make_readable
 
 
 def _checked_images(images: tf.Tensor) -> tf.Tensor:
@@ -125,33 +126,6 @@ def save_module(module: tf.Module, path: str | Path,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (setting it, even
-    briefly, races with files other threads create)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def make_readable(path: str | Path) -> None:
-    """Gives a folder tree the modes a plain `mkdir`/`open` would under the current umask
-    (0755/0644 under the usual 022): `mkdtemp` makes 0700, which a TF Serving running as
-    another user cannot read."""
-    umask = _umask()
-    os.chmod(path, 0o777 & ~umask)
-    for root, dirs, files in os.walk(path):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def sample_classifier_inputs(image_shape: Sequence[int], batch: int = 2) -> dict[str, np.ndarray]:

@@ -7,7 +7,13 @@ N defaults to the next free version, so re-exporting into a served base path rol
 (ours or `tensorflow_model_server`) forward to the new models without a restart.
 """
 
+# ruff: noqa: E402 - TensorFlow must stay quiet from its import on
 from __future__ import annotations
+
+if __name__ == "__main__":
+    from l2lda_tf.cli import quiet_startup
+
+    quiet_startup()
 
 import argparse
 import sys
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="TF Serving base path; models go to PATH/<model>/<version>/")
     parser.add_argument("--version", type=int, default=None,
                         help="version number (default: one past the newest under the base path)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own start-up logs and warnings")
     args = parser.parse_args(argv)
     try:
         written = export_run(args.run, args.model_base_path, args.version)

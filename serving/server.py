@@ -13,7 +13,13 @@ missing or bad config, a port in use) end it with a one-line error. Stand-in for
 both.
 """
 
+# ruff: noqa: E402 - TensorFlow must stay quiet from its import on
 from __future__ import annotations
+
+if __name__ == "__main__":
+    from l2lda_tf.cli import quiet_startup
+
+    quiet_startup()
 
 import argparse
 import dataclasses
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds a REST client has to send its request headers")
     parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
                         help="seconds a REST client has to send its request body")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own start-up logs and warnings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 

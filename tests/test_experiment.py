@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from l2lda_tf.experiment import train
+from l2lda_tf.files import write_atomically
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,3 +308,16 @@ def test_the_same_weights_report_the_same_figures(tmp_path, tiny_dataset):
         train(config, tmp_path / "run", dataset=tiny_dataset, verbose=0,
               callbacks=[InterruptAfterEpoch(1)])
     assert train(config, tmp_path / "run", dataset=tiny_dataset, verbose=0) == reference
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_run_files_get_the_umask_modes(tmp_path, umask, mode):
+    # config.json, run.json, metrics.json and the rebuilt checkpoint index go through a
+    # temporary file (0600 whatever the umask): another user must still be able to read them
+    old = os.umask(umask)
+    try:
+        write_atomically(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

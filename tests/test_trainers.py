@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from l2lda_tf.config import preset
 from l2lda_tf.data import training_batches
+from l2lda_tf.experiment import load_run, train
 from l2lda_tf.trainers import L2LDATrainer, L2LTrainer, PGDTrainer, PlainTrainer, build_trainer
 
 EPSILON = 0.1
@@ -381,3 +382,13 @@ def test_auto_precision_on_gpus(monkeypatch, capability, expected):
     monkeypatch.setattr(tf.config.experimental, "get_device_details",
                         lambda device: {"compute_capability": capability})
     assert trainers.auto_precision() == expected
+
+
+def test_clean_warmup_ends_after_exactly_its_steps(tiny_dataset, tmp_path):
+    # 5 steps an epoch, 7 warm-up steps: the switch falls in the second epoch, so of the 15
+    # steps 8 are adversarial (rounding the warm-up up to whole epochs would leave 5)
+    config = tiny_config("l2lda", epochs=3, clean_warmup_steps=7)
+    train(config, tmp_path / "run", dataset=tiny_dataset, verbose=0, export_models=False)
+    trainer = load_run(tmp_path / "run")
+    assert int(trainer.optimizer.iterations) == 15
+    assert int(trainer.generator_optimizer.iterations) == 8

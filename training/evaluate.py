@@ -11,13 +11,20 @@
         any classifier taking images in [0, 1] and returning logits or probabilities.
 """
 
+# ruff: noqa: E402 - TensorFlow must stay quiet from its import on
 from __future__ import annotations
+
+if __name__ == "__main__":
+    from l2lda_tf.cli import quiet_startup
+
+    quiet_startup()
 
 import argparse
 import logging
 import sys
 from pathlib import Path
 
+from l2lda_tf.cli import error_message
 from l2lda_tf.data import load_dataset
 from l2lda_tf.evaluation import (
     DEFAULT_ATTACKS,
@@ -70,9 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true",
                         help="with --runs: re-evaluate even when an earlier evaluation matches")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2, 3), default=1,
                         help="0 silent; 1 a progress bar per attack; 2 also the learned "
-                             "attacks' training (Keras verbosity)")
+                             "attacks' training (Keras verbosity); 3 as 2 plus TensorFlow's "
+                             "own start-up logs and warnings (hidden otherwise)")
     return parser.parse_args(argv)
 
 
@@ -102,7 +110,7 @@ def evaluate_model(args: argparse.Namespace, attacks: list[str]):
     results = evaluate_classifier(
         classifier, dataset, attacks, settings, out, defense=model_path.stem,
         source=str(model_path), limit=args.limit, surrogate_dir=args.surrogate,
-        transfer_with=args.transfer_attack, verbose=args.verbose,
+        transfer_with=args.transfer_attack, verbose=min(args.verbose, 2),
         recorded={"model_output": classifier.output, "dataset": args.dataset})
     print(f"wrote {out}/results.{{json,csv,md}} and metrics.json")
     return [results]
@@ -119,7 +127,7 @@ def main(argv=None) -> int:
         if args.runs and not args.out:
             raise ValueError("--runs needs --out, the directory for the table")
         options = dict(surrogate_dir=args.surrogate, transfer_with=args.transfer_attack,
-                       verbose=args.verbose)
+                       verbose=min(args.verbose, 2))
         if args.model:
             results = evaluate_model(args, attacks)
         elif args.run:
@@ -138,8 +146,8 @@ def main(argv=None) -> int:
                                         dataset=dataset, **options))
             write_results(results, args.out, name="table")
             print(f"wrote {args.out}/table.{{json,csv,md}}")
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     print(markdown_table(results), end="")
     for r in results:

@@ -6,13 +6,20 @@ pairwise ℓ1 distance between the noises of different z on the same image, over
 images. Writes DIR/eval/diversity.png and DIR/eval/diversity.json unless --out says otherwise.
 """
 
+# ruff: noqa: E402 - TensorFlow must stay quiet from its import on
 from __future__ import annotations
+
+if __name__ == "__main__":
+    from l2lda_tf.cli import quiet_startup
+
+    quiet_startup()
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
+from l2lda_tf.cli import error_message
 from l2lda_tf.data import load_dataset
 from l2lda_tf.evaluation import diversity_figure, diversity_on, save_png
 from l2lda_tf.experiment import load_run
@@ -28,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=100,
                         help="eval images the diversity number is averaged over")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own start-up logs and warnings")
     return parser.parse_args(argv)
 
 
@@ -50,8 +59,8 @@ def main(argv=None) -> int:
         diversity = diversity_on(trainer.classifier, generator,
                                  dataset.eval_images[:args.images],
                                  dataset.eval_labels[:args.images], **attack)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "diversity.png"
     save_png(grid, out)

@@ -60,7 +60,8 @@ def build_generator(config: TrainConfig, num_classes: int, image_shape: Sequence
 
 
 def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
-    """The clean warm-up in whole epochs (rounded up), so phases switch at epoch boundaries."""
+    """The epochs that hold clean warm-up steps (rounded up); the last of them switches to
+    adversarial steps mid-epoch when the warm-up is not a whole number of epochs."""
     if config.defense == "plain":
         return 0
     return math.ceil(config.clean_warmup_steps / steps_per_epoch)

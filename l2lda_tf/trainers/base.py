@@ -85,6 +85,8 @@ class Trainer(keras.Model):
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.clean_warmup_epochs = clean_warmup_epochs
+        # the warm-up ends after exactly this many steps (`EndCleanWarmup`), even mid-epoch
+        self.clean_warmup_steps = config.clean_warmup_steps if clean_warmup_epochs else 0
         self.adversarial = True
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
@@ -120,7 +122,7 @@ class Trainer(keras.Model):
         ramp_steps = self.config.epsilon_warmup_epochs * self.steps_per_epoch
         if ramp_steps == 0:
             return tf.constant(self.config.epsilon, tf.float32)
-        done = self.optimizer.iterations - self.clean_warmup_epochs * self.steps_per_epoch + 1
+        done = self.optimizer.iterations - self.clean_warmup_steps + 1
         share = tf.clip_by_value(tf.cast(done, tf.float32) / ramp_steps, 0.0, 1.0)
         return self.config.epsilon * share
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from l2lda_tf.config import TrainConfig
-from l2lda_tf.experiment import write_atomically
+from l2lda_tf.files import write_atomically
 from l2lda_tf.tuning.space import TUNED_FIELDS, trial_config
 
 OBJECTIVE = "objective"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from l2lda_tf.config import TrainConfig
 from l2lda_tf.data import ImageDataset
-from l2lda_tf.experiment import train, write_atomically
+from l2lda_tf.experiment import train
+from l2lda_tf.files import write_atomically
 from l2lda_tf.tuning.reports import write_hparams_config, write_reports
 from l2lda_tf.tuning.space import search_space
 from l2lda_tf.tuning.split import validation_dataset
