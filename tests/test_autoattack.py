@@ -12,6 +12,7 @@ from l2lda_tf.attacks import apgd, dlr_loss, fab_targeted, margin, pgd, square
 from l2lda_tf.attacks.apgd import checkpoints
 from l2lda_tf.attacks.fab import project_linf_onto_hyperplane
 from l2lda_tf.attacks.square import square_fraction
+from l2lda_tf.models import build_classifier
 from tests.test_attacks import assert_in_threat_model, batch, smooth_classifier
 
 EPS = 0.1
@@ -37,6 +38,17 @@ def test_attack_stays_in_threat_model_and_never_helps(name, epsilon=0.2):
     assert_in_threat_model(x_adv, x, epsilon)
     # The clean input is a candidate: the margin can only grow.
     assert np.all(margin(y, model(x_adv)).numpy() >= margin(y, model(x)).numpy() - 1e-5)
+
+
+
+@pytest.mark.parametrize("name", ["apgd-t", "fab-t", "square"])
+def test_attack_takes_a_single_example(name):
+    # AutoAttack often leaves one robust point for the later stages: the compiled loops must
+    # keep a batch of one's static shape (they failed with "enters the loop with shape (1, …)")
+    model = build_classifier("lenet5", 10, (28, 28, 1))
+    x = tf.random.stateless_uniform([1, 28, 28, 1], [0, 1])
+    y = tf.argmax(model(x), -1)
+    assert_in_threat_model(ATTACKS[name](model, x, y, EPS), x, EPS)
 
 
 @pytest.mark.slow

@@ -78,7 +78,10 @@ def _fab_run(model, x, y, target, steps: int, alpha_max: float, eta: float, beta
         found_norm = tf.where(smaller, norm, found_norm)
         # After a success, step back towards the clean point to look for a smaller one.
         x_next = tf.where(adversarial[:, None, None, None], x + beta * (x_next - x), x_next)
-        return i + 1, x_next, found, found_norm
+        # the loop variables keep x's static shape: broadcasting against a batch of one
+        # would otherwise leave them (None, …) and the loop would refuse them
+        return (i + 1, tf.ensure_shape(x_next, x.shape), tf.ensure_shape(found, x.shape),
+                tf.ensure_shape(found_norm, x.shape[:1]))
 
     _, _, found, found_norm = tf.while_loop(
         lambda i, *_: i < steps, body, (tf.constant(0), x, x, tf.fill([n], float("inf"))))

@@ -45,7 +45,9 @@ def _square_run(model, x, y, epsilon, queries: int, p_init: float):
         candidate_margin = tf.where(active, margin(y, model(candidate, training=False)),
                                     -float("inf"))
         best, best_margin = keep_more_damaging(best, best_margin, candidate, candidate_margin)
-        return query + 1, best, best_margin
+        # keep x's static shape: broadcasting against a batch of one would leave (None, …)
+        return (query + 1, tf.ensure_shape(best, x.shape),
+                tf.ensure_shape(best_margin, x.shape[:1]))
 
     _, best, _ = tf.while_loop(
         lambda query, _, best_margin: (query < queries) & tf.reduce_any(best_margin <= 0),
