@@ -34,9 +34,8 @@ from l2lda_tf.data import (
 )
 from l2lda_tf.export import export_trainer
 from l2lda_tf.files import write_atomically
-from l2lda_tf.models import CLASSIFIERS
 from l2lda_tf.monitoring import AdversarialImages, StuckAttackerWarning
-from l2lda_tf.trainers import PRECISIONS, build_trainer
+from l2lda_tf.trainers import build_trainer, check_settings
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 500
@@ -164,20 +163,13 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, run_info: dict,
 
 def check_before_writing(config: TrainConfig, dataset: ImageDataset,
                          strategy: tf.distribute.Strategy, precision: str) -> None:
-    """What `build_trainer` would refuse, checked before the run directory is touched."""
-    if config.classifier not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {config.classifier!r}; known: "
-                         f"{sorted(CLASSIFIERS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    """What `build_trainer` would refuse, and a batch larger than the training split, checked
+    before the run directory is touched."""
+    check_settings(config, precision, strategy.num_replicas_in_sync)
     n_train = len(dataset.train_labels)
     if config.batch_size > n_train:
         raise ValueError(f"batch size {config.batch_size} exceeds the {n_train} training "
                          f"images of {dataset.name}")
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(f"batch size {config.batch_size} does not split evenly over "
-                         f"{replicas} replicas; use a multiple of {replicas}")
 
 
 def describe_devices(strategy: tf.distribute.Strategy) -> str:
@@ -285,19 +277,19 @@ class StopOnNonFinite(keras.callbacks.Callback):
             f"{self.checkpoint_dir} hold the last good epoch). Lower the learning rates or λ "
             "and train into a new run directory")
 
-    def on_train_batch_end(self, batch, logs=None):
+    def check_logs(self, logs, when: str):
         for key, value in (logs or {}).items():
             if not math.isfinite(float(value)):
-                self.fail(f"{key} is {float(value)}", f"at batch {batch + 1} of epoch "
-                          f"{self.epoch + 1}")
+                self.fail(f"{key} is {float(value)}", when)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.check_logs(logs, f"at batch {batch + 1} of epoch {self.epoch + 1}")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            if not math.isfinite(float(value)):
-                self.fail(f"{key} is {float(value)}", f"at the end of epoch {epoch + 1}")
+        self.check_logs(logs, f"at the end of epoch {epoch + 1}")
         for variable in self.model.variables:
             if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
                 self.fail(f"weight {variable.path} is not finite", f"after epoch {epoch + 1}")

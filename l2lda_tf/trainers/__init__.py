@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from l2lda_tf.config import TrainConfig
-from l2lda_tf.models import build_classifier, build_noise_generator
+from l2lda_tf.models import CLASSIFIERS, build_classifier, build_noise_generator
 from l2lda_tf.optimizers import sgd
 from l2lda_tf.trainers.base import Trainer, global_batch, minimize
 from l2lda_tf.trainers.baselines import PGDTrainer, PlainTrainer
@@ -67,6 +67,19 @@ def clean_warmup_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
     return math.ceil(config.clean_warmup_steps / steps_per_epoch)
 
 
+def check_settings(config: TrainConfig, precision: str, replicas: int) -> None:
+    """What `build_trainer` refuses: an unknown classifier or precision, or a batch that does
+    not split evenly over the replicas (`experiment.train` checks before writing anything)."""
+    if config.classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {config.classifier!r}; known: "
+                         f"{sorted(CLASSIFIERS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if config.batch_size % replicas:
+        raise ValueError(f"batch size {config.batch_size} does not split evenly over "
+                         f"{replicas} replicas; use a multiple of {replicas}")
+
+
 def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[int],
                   steps_per_epoch: int, strategy: tf.distribute.Strategy | None = None,
                   jit_compile: bool = False, precision: str = "float32",
@@ -79,13 +92,9 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
     (learned defenses) reruns each unroll step's generator in the backward pass instead of
     keeping its activations.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(f"batch size {config.batch_size} does not split evenly over "
-                         f"{replicas} replicas; use a multiple of {replicas}")
+    check_settings(config, precision, replicas)
     total_steps = config.epochs * steps_per_epoch
     warmup = clean_warmup_epochs(config, steps_per_epoch)
     previous_policy = keras.config.dtype_policy()
@@ -123,6 +132,6 @@ def build_trainer(config: TrainConfig, num_classes: int, image_shape: Sequence[i
 
 __all__ = [
     "PRECISIONS", "TRAINERS", "L2LDATrainer", "L2LTrainer", "PGDTrainer", "PlainTrainer",
-    "Trainer", "auto_precision", "build_generator", "build_trainer", "clean_warmup_epochs",
-    "cpu_flags", "global_batch", "minimize", "sgd",
+    "Trainer", "auto_precision", "build_generator", "build_trainer", "check_settings",
+    "clean_warmup_epochs", "cpu_flags", "global_batch", "minimize", "sgd",
 ]
