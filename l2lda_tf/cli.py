@@ -125,11 +125,11 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Iterable[str] = (),
     and returns the fields added; `choices` restricts string fields."""
     choices = choices or {}
     group = parser.add_argument_group("training configuration (default: the dataset's preset)")
-    added = []
+    added, types = [], field_types()
     for field in dataclasses.fields(TrainConfig):
         if field.name in skip:
             continue
-        kind = field_types()[field.name]
+        kind = types[field.name]
         metavar = {int: "N", float: "X"}.get(kind)
         group.add_argument(flag_name(field.name), dest=field.name, type=kind, default=None,
                            choices=choices.get(field.name), metavar=metavar,

@@ -45,7 +45,7 @@ def minimize(optimizer, tape: tf.GradientTape, loss: tf.Tensor, variables,
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
         total = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, gradients)
-    scale = getattr(optimizer, "dynamic_scale", None)
+    scale = loss_scale(optimizer)
     norm = tf.linalg.global_norm(total)
     if scale is not None:
         norm = norm / tf.cast(scale, norm.dtype)
