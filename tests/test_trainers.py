@@ -95,6 +95,26 @@ def test_clean_warmup_trains_the_classifier_only(tiny_dataset):
         np.testing.assert_array_equal(a, b.numpy())
 
 
+@pytest.mark.parametrize("defense, warmup, clipped", [
+    ("l2lda", True, False), ("pgd", True, False), ("l2lda", False, True), ("plain", False, True)])
+def test_only_the_clean_warmup_leaves_the_classifier_gradient_unclipped(tiny_dataset, defense,
+                                                                        warmup, clipped):
+    """As in the authors' code: their clean LeNet-5 warm-up has no clipping, their classifier
+    updates against the attacker do (and our plain training does)."""
+    trainer = make_trainer(tiny_dataset, defense, clip_norm=1e-6, weight_decay=0.0,
+                           clean_warmup_steps=5 if warmup else 0)
+    trainer.set_adversarial(not warmup)
+    before = [v.numpy().copy() for v in trainer.classifier.trainable_variables]
+    trainer.train_step(first_batch(tiny_dataset))
+    moved = np.sqrt(sum(np.sum((v.numpy() - b) ** 2)
+                        for v, b in zip(trainer.classifier.trainable_variables, before)))
+    clipped_step = trainer.config.f_lr * trainer.config.clip_norm  # first step: no momentum yet
+    if clipped:
+        assert moved == pytest.approx(clipped_step, rel=0.02)  # float32 rounding of w + Δw
+    else:
+        assert moved > 1e3 * clipped_step
+
+
 def test_epsilon_warmup_is_linear_after_the_clean_phase(tiny_dataset):
     trainer = make_trainer(tiny_dataset, "pgd", epsilon_warmup_epochs=2)
     spe = trainer.steps_per_epoch

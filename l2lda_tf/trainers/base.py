@@ -27,9 +27,9 @@ def step_logs(metrics) -> dict:
 
 
 def minimize(optimizer, tape: tf.GradientTape, loss: tf.Tensor, variables,
-             clip_norm: float) -> tf.Tensor:
-    """One optimizer step on ∂loss/∂variables, clipped to global norm `clip_norm`; returns the
-    gradient's global norm before clipping.
+             clip_norm: float | None) -> tf.Tensor:
+    """One optimizer step on ∂loss/∂variables, clipped to global norm `clip_norm` (None: not
+    clipped); returns the gradient's global norm before clipping.
 
     Keras clips inside `apply_gradients` *before* it sums the replicas' gradients, which with
     several replicas clips each partial gradient by its own norm. Here the clip factor comes
@@ -49,8 +49,10 @@ def minimize(optimizer, tape: tf.GradientTape, loss: tf.Tensor, variables,
     norm = tf.linalg.global_norm(total)
     if scale is not None:
         norm = norm / tf.cast(scale, norm.dtype)
-    factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
-    optimizer.apply_gradients(zip([g * factor for g in gradients], variables))
+    if clip_norm is not None:
+        factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
+        gradients = [g * factor for g in gradients]
+    optimizer.apply_gradients(zip(gradients, variables))
     return norm
 
 
@@ -126,21 +128,26 @@ class Trainer(keras.Model):
         share = tf.clip_by_value(tf.cast(done, tf.float32) / ramp_steps, 0.0, 1.0)
         return self.config.epsilon * share
 
-    def update_classifier(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        """One optimizer step on the mean CE of the classifier (training mode); returns logits."""
+    def update_classifier(self, x: tf.Tensor, y: tf.Tensor, clip: bool = True) -> tf.Tensor:
+        """One optimizer step on the mean CE of the classifier (training mode), its gradient
+        clipped to `config.clip_norm` if `clip`; returns the logits."""
         with tf.GradientTape() as tape:
             logits = self.classifier(x, training=True)
             losses = cross_entropy(y, logits)
             loss = tf.reduce_sum(losses) / global_batch(tf.shape(x)[0])
         minimize(self.optimizer, tape, loss, self.classifier.trainable_variables,
-                 self.config.clip_norm)
+                 self.config.clip_norm if clip else None)
         self.loss_tracker.update_state(losses)
         return logits
 
     def clean_step(self, data):
-        """Plain training and the clean warm-up: the classifier on clean images only."""
+        """Plain training and the clean warm-up: the classifier on clean images only.
+
+        The warm-up is not clipped, as in the authors' code: clipped, LeNet-5 leaves its
+        1,000 MNIST steps at 93% instead of 96% clean (86% of them have a gradient norm > 1)."""
         x, y = data
-        self.clean_acc.update_state(y, self.update_classifier(x, y))
+        warmup = not self.adversarial
+        self.clean_acc.update_state(y, self.update_classifier(x, y, clip=not warmup))
         return step_logs((self.loss_tracker, self.clean_acc))
 
     def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
