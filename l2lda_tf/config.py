@@ -68,7 +68,8 @@ class TrainConfig:
     noise_dim: int = _field(8, "d, dimension of the generator's noise z", 0)
     momentum: float = _field(0.9, "SGD momentum of both optimizers", 0, 1, below=True)
     weight_decay: float = _field(1e-5, "weight decay of both optimizers", 0)
-    clip_norm: float = _field(1.0, "gradients are clipped to this global norm", 0, above=True)
+    clip_norm: float = _field(1.0, "gradients are clipped to this global norm (not in the clean "
+                              "warm-up, as in the authors' code)", 0, above=True)
     clean_warmup_steps: int = _field(0, "clean-only classifier steps first (exactly: the "
                                      "switch may fall mid-epoch)", 0)
     epsilon_warmup_epochs: int = _field(0, "ε grows linearly from 0 over these epochs", 0)

@@ -144,7 +144,7 @@ class Trainer(keras.Model):
         """Plain training and the clean warm-up: the classifier on clean images only.
 
         The warm-up is not clipped, as in the authors' code: clipped, LeNet-5 leaves its
-        1,000 MNIST steps at 93% instead of 96% clean (86% of them have a gradient norm > 1)."""
+        1,000 MNIST steps at 93% instead of 96% clean (most have a gradient norm above 1)."""
         x, y = data
         warmup = not self.adversarial
         self.clean_acc.update_state(y, self.update_classifier(x, y, clip=not warmup))
