@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +168,6 @@ def authors_step(torch, lenet, generator, g_opt, f_opt, x, y, z, *, epsilon, alp
 
 def largest_difference(torch, trainer, lenet, generator) -> float:
     """max over weight tensors of max|ours − theirs| / max|theirs|."""
-    from copy import deepcopy
-
     ours_lenet, ours_generator = deepcopy(lenet), deepcopy(generator)
     copy_weights(torch, trainer, ours_lenet, ours_generator)
     pairs = [*zip(ours_lenet.parameters(), lenet.parameters()),
@@ -203,9 +202,11 @@ def main(argv=None) -> None:
         index = rng.choice(len(images), config.batch_size, replace=False)
         return images[index], labels[index]
 
-    clean_step = tf.function(lambda x, y: trainer.update_classifier(x, y, clip=False))
+    trainer.set_adversarial(False)  # our clean warm-up step, then L2L-DA steps
+    clean_step = tf.function(trainer.train_step)
     for _ in range(args.warm_steps):
-        clean_step(*batch())
+        clean_step(batch())
+    trainer.set_adversarial(True)
     trainer.optimizer.iterations.assign(0)
     for variable in trainer.optimizer.variables:  # both sides start without momentum
         if "momentum" in variable.name:

@@ -146,8 +146,8 @@ class Trainer(keras.Model):
         The warm-up is not clipped, as in the authors' code: clipped, LeNet-5 leaves its
         1,000 MNIST steps at 93% instead of 96% clean (most have a gradient norm above 1)."""
         x, y = data
-        warmup = not self.adversarial
-        self.clean_acc.update_state(y, self.update_classifier(x, y, clip=not warmup))
+        # outside the warm-up (plain training) the trainer is `adversarial`: clipped
+        self.clean_acc.update_state(y, self.update_classifier(x, y, clip=self.adversarial))
         return step_logs((self.loss_tracker, self.clean_acc))
 
     def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
