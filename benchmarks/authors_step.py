@@ -128,7 +128,7 @@ def copy_weights(torch, trainer, lenet, generator) -> None:
 def authors_step(torch, lenet, generator, g_opt, f_opt, x, y, z, *, epsilon, alpha, steps,
                  lam):
     """One step of the authors' recipe; returns (generator gradient norm, classifier loss,
-    its accuracy on the generator's images)."""
+    its accuracy on the generator's images, mean |x_T − x| / ε)."""
     F = torch.nn.functional
     n = x.shape[0]
 
@@ -163,7 +163,8 @@ def authors_step(torch, lenet, generator, g_opt, f_opt, x, y, z, *, epsilon, alp
     torch.nn.utils.clip_grad_norm_(lenet.parameters(), 1.0)
     f_opt.step()
     accuracy = (logits[n:].argmax(1) == y2).double().mean()
-    return float(g_norm), float(f_loss.detach()), float(accuracy)
+    delta = (adv.detach() - x2).abs().mean() / epsilon
+    return float(g_norm), float(f_loss.detach()), float(accuracy), float(delta)
 
 
 def largest_difference(torch, trainer, lenet, generator) -> float:

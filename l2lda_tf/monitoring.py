@@ -44,22 +44,43 @@ class AdversarialImages(keras.callbacks.Callback):
 
 
 class StuckAttackerWarning(keras.callbacks.Callback):
-    """Warns after an adversarial epoch in which the generator's gradient norm (`g_grad_norm`,
-    averaged over the epoch) stayed below `threshold`: an over-confident classifier then gives
-    the attacker no signal, and it may never start (the authors' code stuck at 8e-4)."""
+    """Warns after an adversarial epoch in which the attacker of a learned defense is stuck:
+    - its gradient norm (`g_grad_norm`, the epoch's mean) stayed below `threshold`, so an
+      over-confident classifier gives it no signal (the authors' code stuck at 8e-4); or
+    - it collapsed to one perturbation: its images ignore z (`diversity` below
+      `collapse_share`·ε) while the classifier still gets `accuracy` of them right. A generator
+      whose tanh saturates at ±1 everywhere (δ = ±ε on every pixel) gets almost no gradient,
+      and a confident classifier soon learns the shift (docs/algorithm.md, "A collapsed
+      attacker")."""
 
-    def __init__(self, threshold: float = 1e-3):
+    def __init__(self, threshold: float = 1e-3, collapse_share: float = 0.01,
+                 accuracy: float = 0.9):
         super().__init__()
-        self.threshold = threshold
+        self.threshold, self.collapse_share, self.accuracy = threshold, collapse_share, accuracy
 
     def on_epoch_end(self, epoch, logs=None):
-        norm = (logs or {}).get("g_grad_norm")
-        if norm is None or not self.model.adversarial:
+        logs = logs or {}
+        if not getattr(self.model, "adversarial", False):
             return
-        norm = float(np.asarray(norm).reshape(-1)[0])
-        if norm < self.threshold:
-            logging.getLogger("l2lda_tf").warning(
+
+        def mean(key):
+            value = logs.get(key)
+            return None if value is None else float(np.asarray(value).reshape(-1)[0])
+
+        log = logging.getLogger("l2lda_tf")
+        norm, diversity, accuracy = mean("g_grad_norm"), mean("diversity"), mean("adv_acc")
+        if norm is not None and norm < self.threshold:
+            log.warning(
                 "epoch %d: the generator's gradient norm averaged %.1e (< %.0e); the attacker "
                 "may be stuck against an over-confident classifier: watch adv_acc, and consider "
                 "a shorter clean warm-up or a larger generator rate", epoch + 1, norm,
                 self.threshold)
+        elif diversity is not None and accuracy is not None and accuracy >= self.accuracy:
+            epsilon = float(self.model.epsilon_now())
+            if diversity < self.collapse_share * epsilon:
+                log.warning(
+                    "epoch %d: the attacker has collapsed to one perturbation: its images ignore "
+                    "z (diversity %.1e, below %g·ε) and the classifier gets %.0f%% of them "
+                    "right; a saturated generator rarely recovers: if adv_acc stays this high, "
+                    "train a new run with another --seed or a shorter --clean-warmup-steps",
+                    epoch + 1, diversity, self.collapse_share, 100 * accuracy)

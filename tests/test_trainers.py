@@ -324,6 +324,27 @@ def test_a_stuck_attacker_is_reported(tiny_dataset, caplog):
     assert "epoch 4" in caplog.text and "stuck" in caplog.text
 
 
+def test_a_collapsed_attacker_is_reported(tiny_dataset, caplog):
+    """Seed 0 of the MNIST acceptance run: diversity 7e-6, accuracy on the generator's images
+    0.95 (ε = 0.3 there; the tiny config's ε scales the threshold)."""
+    from l2lda_tf.monitoring import StuckAttackerWarning
+
+    trainer = make_trainer(tiny_dataset, "l2lda")
+    trainer.set_adversarial(True)
+    epsilon = float(trainer.epsilon_now())
+    warning = StuckAttackerWarning()
+    warning.set_model(trainer)
+    with caplog.at_level("WARNING", logger="l2lda_tf"):
+        # a diverse attacker, and a z-blind one that fools the classifier: no warning
+        warning.on_epoch_end(0, {"g_grad_norm": 5.0, "diversity": 0.1 * epsilon,
+                                 "adv_acc": 0.95})
+        warning.on_epoch_end(1, {"g_grad_norm": 5.0, "diversity": 0.0, "adv_acc": 0.5})
+        assert not caplog.records
+        warning.on_epoch_end(2, {"g_grad_norm": 0.008, "diversity": 2e-5 * epsilon,
+                                 "adv_acc": 0.95})
+    assert "epoch 3" in caplog.text and "collapsed" in caplog.text and "--seed" in caplog.text
+
+
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_inside_the_threat_model(tiny_dataset, precision):
     config = tiny_config("l2lda")
