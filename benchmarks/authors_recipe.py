@@ -87,6 +87,7 @@ def main(argv=None) -> None:
                         help="adversarial steps between PGD-10 evaluations (0: none)")
     parser.add_argument("--window", type=int, default=20,
                         help="adversarial steps averaged in each reported window")
+    parser.add_argument("--lam", type=float, help="λ, the diversity weight (default: the preset's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = parser.parse_args(argv)
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
     F = torch.nn.functional
 
     data = load_dataset("mnist", data_dir=args.data_dir)
-    config = preset("mnist", "l2lda")
+    config = preset("mnist", "l2lda", **({} if args.lam is None else {"lam": args.lam}))
     scale = np.float32(1 / 255)
     batches = crop_batches(data.train_images.astype(np.float32) * scale,
                            data.train_labels.astype(np.int64), config.batch_size,
@@ -152,7 +153,8 @@ def main(argv=None) -> None:
             {"command": f"python -m benchmarks.authors_recipe --data-dir DIR --seed {args.seed} "
                         f"--clean-steps {args.clean_steps} "
                         f"--adversarial-steps {args.adversarial_steps} "
-                        f"--eval-every {args.eval_every} --window {args.window}",
+                        f"--eval-every {args.eval_every} --window {args.window}"
+                        + ("" if args.lam is None else f" --lam {args.lam}"),
              "window": args.window, "windows": windows, "evaluations": evaluations},
             indent=1))
 
